@@ -1,0 +1,31 @@
+"""Shared code of the SphereNet TF2/Keras port (layers, losses, models, data, training).
+
+"Deep Hyperspherical Learning", Liu et al., NIPS 2017 (arXiv:1711.03189); a port of
+the TF1 reference code wy1iu/SphereNet.
+"""
+
+from .layers import (
+    SphereConv2D,
+    batch_norm,
+    conv_layer,
+    orthogonality_losses,
+    regularization_terms,
+    sphere_conv_layers,
+    weight_decay_losses,
+)
+from .losses import Loss2, loss2
+from .regularizers import L2Loss, orthogonality_loss
+
+__all__ = [
+    "SphereConv2D",
+    "batch_norm",
+    "conv_layer",
+    "orthogonality_losses",
+    "regularization_terms",
+    "sphere_conv_layers",
+    "weight_decay_losses",
+    "Loss2",
+    "loss2",
+    "L2Loss",
+    "orthogonality_loss",
+]

@@ -1,0 +1,309 @@
+"""SphereConv2D, the hyperspherical convolution, as a Keras 3 layer.
+
+Ports `_conv_layer` of the original `spherenet.py` / `sphere_resnet_v1.py`
+(wy1iu/SphereNet): "Deep Hyperspherical Learning", Liu et al., NIPS 2017
+(arXiv:1711.03189), section 2.  The arithmetic lives in `sphere_ops`; this module
+adds the Keras contract (validated options, weights, losses, serialisation) and the
+`conv_layer` helper that mirrors the original's conv -> BN -> ReLU block.
+"""
+
+import difflib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import regularizers, sphere_ops
+
+#: BatchNormalization settings of the original's hand-written BN (`batch_norm`).
+BN_DECAY = 0.999
+BN_EPSILON = 1e-3
+# The original's EMA update is `s -= (s - v) * (1 - 0.999)` in float32, i.e. with
+# weight 1 - float32(0.999) = 0.00099998713 on the new value.  Keras computes
+# `1 - momentum` in float64 and rounds it to 0.001, 1.3e-5 away, unless momentum is
+# given as float32(0.999) to begin with.
+BN_MOMENTUM = float(np.float32(BN_DECAY))
+
+
+def _closest(value, allowed):
+    match = difflib.get_close_matches(str(value).lower(), allowed, n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def validate_option(layer_name, argument, value, allowed):
+    """Return `value` if it is one of `allowed`, else raise a ValueError that says
+    what was received, what is allowed and the closest allowed value."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise ValueError(
+        f"Unknown value for `{argument}` argument of {layer_name}. "
+        f"Allowed values are: {', '.join(repr(a) for a in allowed)}. "
+        f"Received: {argument}={value!r}.{_closest(value, allowed)}"
+    )
+
+
+def original_kernel_initializer():
+    """N(0, sqrt(2 / (k*k*C_in))), not truncated: the original's filter initialiser."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="untruncated_normal"
+    )
+
+
+@keras.saving.register_keras_serializable(package="SphereNet")
+class SphereConv2D(keras.layers.Conv2D):
+    """2D hyperspherical convolution (SphereConv).
+
+    Each output is g(theta) where theta is the angle between the input patch and
+    the filter, instead of the inner product |w||x|cos(theta) of a convolution.
+    The choice of g is `norm`; `w_norm` gives weight-normalised scores
+    |x| g(theta) (meant for the classifier layer, with `norm='none'`).
+
+    Reference: W. Liu, Y.-M. Zhang, X. Li, Z. Yu, B. Dai, T. Zhao, L. Song,
+    "Deep Hyperspherical Learning", NIPS 2017, arXiv:1711.03189.  Ports
+    `_conv_layer` of the original TF1 code (wy1iu/SphereNet); the patch norm uses
+    the convolution's stride and padding (the original `spherenet.py` did not, and
+    failed for stride 2).
+
+    Args:
+      filters: number of output channels (C_out).
+      kernel_size: int or pair, the window k.
+      strides: int or pair.
+      padding: 'same' or 'valid' (case-insensitive; the original wrote 'SAME').
+      norm: angular function of the SphereConv: 'none' (a plain convolution),
+        'linear' (1 - 0.63662 theta), 'cosine' (cos theta), 'sigmoid' (k = 0.3) or
+        'lr_sigmoid' (learnable per-filter k, initialised to 0.7, used as |k|+0.05).
+      w_norm: weight-normalised score: 'none', 'cosine' (|x| cos theta = x.w/|w|,
+        the weight-normalised softmax logit), 'linear' or 'sigmoid'
+        (|x| g(theta), the generalised angular softmax logit).  Applied before
+        `norm`, as in the original.
+      orth: add the original's orthogonality loss 2e-4 * l2_loss(W^T W - I) to the
+        layer's losses.  It is also available on its own as `orthogonality_loss()`
+        so a training loop can report it apart from weight decay.
+      use_bias: default False: the original has no bias anywhere.
+      kernel_initializer: default N(0, sqrt(2/(k*k*C_in))), the original's.
+      **kwargs: anything `keras.layers.Conv2D` accepts (`kernel_regularizer`,
+        `kernel_constraint`, `activation`, `dilation_rate`, `name`, `dtype`, ...).
+
+    Weights: `kernel` [k, k, C_in, filters], then for 'lr_sigmoid' `k_value`
+    [filters].
+
+    Input shape: [batch, H, W, C_in] (channels_last).
+    Output shape: [batch, H_out, W_out, filters].
+
+    Example:
+
+    >>> layer = SphereConv2D(64, 3, norm="linear", orth=True)
+    >>> y = layer(tf.random.normal((2, 32, 32, 3)))  # values in [-1, 1]
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="same",
+        norm="cosine",
+        w_norm="none",
+        orth=False,
+        use_bias=False,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        name = type(self).__name__
+        norm = validate_option(name, "norm", norm, sphere_ops.NORMS)
+        w_norm = validate_option(name, "w_norm", w_norm, sphere_ops.W_NORMS)
+        if not isinstance(orth, bool):
+            raise ValueError(
+                f"Invalid value for `orth` argument of {name}: expected True or False. "
+                f"Received: orth={orth!r}."
+            )
+        if isinstance(padding, str):
+            padding = padding.lower()
+        if kernel_initializer is None:
+            kernel_initializer = original_kernel_initializer()
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            **kwargs,
+        )
+        self.norm = norm
+        self.w_norm = w_norm
+        self.orth = orth
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"{name} supports data_format='channels_last' only (the patch norm sums "
+                f"over the last axis). Received: data_format={self.data_format!r}. "
+                "Transpose the input to NHWC instead."
+            )
+        if self.groups != 1 and self._is_spherical:
+            raise ValueError(
+                f"{name}: groups > 1 is not supported with norm={self.norm!r} / "
+                f"w_norm={self.w_norm!r} (the patch norm spans all input channels). "
+                f"Received: groups={self.groups}. Use groups=1."
+            )
+        self.k_value = None
+
+    @property
+    def _is_spherical(self):
+        return self.norm != "none" or self.w_norm != "none"
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.norm == "lr_sigmoid":
+            self.k_value = self.add_weight(
+                name="k_value",
+                shape=(self.filters,),
+                initializer=keras.initializers.Constant(sphere_ops.LR_SIGMOID_K_INIT),
+                trainable=True,
+                dtype=self.dtype,
+            )
+
+    def convolution_op(self, inputs, kernel):
+        conv = super().convolution_op(inputs, kernel)
+        if not self._is_spherical:
+            return conv
+        xnorm = sphere_ops.patch_norm(
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+        wnorm = sphere_ops.filter_norm(kernel)
+        k = None
+        if self.norm == "lr_sigmoid":
+            k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
+        out = sphere_ops.sphere_response(
+            tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k
+        )
+        return tf.cast(out, conv.dtype)
+
+    def orthogonality_loss(self):
+        """The original's orthogonality loss of this layer's filter (a scalar tensor)."""
+        return regularizers.orthogonality_loss(self.kernel)
+
+    def call(self, inputs):
+        outputs = super().call(inputs)
+        if self.orth:
+            self.add_loss(self.orthogonality_loss())
+        return outputs
+
+    # Conv2D saves only kernel and bias; k_value must travel too.
+    def _saved_variables(self):
+        variables = [self._kernel]
+        if self.use_bias:
+            variables.append(self.bias)
+        if self.k_value is not None:
+            variables.append(self.k_value)
+        return variables
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, variable in enumerate(self._saved_variables()):
+            store[str(i)] = self.kernel if variable is self._kernel else variable
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}, norm={self.norm!r}, "
+                f"use_bias={self.use_bias}) expects {len(variables)} saved variables "
+                f"({', '.join(v.name for v in variables)}), but the weights file has "
+                f"{len(store.keys())}. The file was saved from a different layer configuration."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"norm": self.norm, "w_norm": self.w_norm, "orth": self.orth})
+        return config
+
+
+def batch_norm(name):
+    """The original's hand-written BN as a Keras layer.
+
+    Moments over (N, H, W) with the biased variance, epsilon 1e-3, moving averages
+    with decay 0.999 that both start at zero (the original averages tensors, so its
+    moving variance starts at 0, not 1), and gamma/beta weight decay
+    `5e-4 * l2_loss` (gamma is pulled towards 0, as in the original).
+    """
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="zeros",
+        gamma_regularizer=regularizers.L2Loss(regularizers.WEIGHT_DECAY),
+        beta_regularizer=regularizers.L2Loss(regularizers.WEIGHT_DECAY),
+        name=name,
+    )
+
+
+def conv_layer(
+    x,
+    kernel_size,
+    filters,
+    name,
+    strides=1,
+    bn=False,
+    relu=True,
+    padding="same",
+    norm="none",
+    reg=False,
+    orth=False,
+    w_norm="none",
+):
+    """The original `_conv_layer`: SphereConv, then optional BN, then optional ReLU.
+
+    Layer names follow the original scopes: the convolution is `name`, its BN
+    `name_bn`, its ReLU `name_relu`.  `reg=True` adds the original's filter weight
+    decay (5e-4 * l2_loss).  Arguments in the original's order and meaning.
+    """
+    y = SphereConv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        norm=norm,
+        w_norm=w_norm,
+        orth=orth,
+        kernel_regularizer=regularizers.L2Loss(regularizers.WEIGHT_DECAY) if reg else None,
+        name=name,
+    )(x)
+    if bn:
+        y = batch_norm(f"{name}_bn")(y)
+    if relu:
+        y = keras.layers.ReLU(name=f"{name}_relu")(y)
+    return y
+
+
+def sphere_conv_layers(model):
+    """Every SphereConv2D layer of a (possibly nested) Keras model, in build order."""
+    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, SphereConv2D)]
+
+
+def orthogonality_losses(model):
+    """The orthogonality loss of every SphereConv2D with orth=True, as a list of scalars."""
+    return [layer.orthogonality_loss() for layer in sphere_conv_layers(model) if layer.orth]
+
+
+def weight_decay_losses(model):
+    """The weight-regulariser losses of every trainable variable (the original's `reg`)."""
+    losses = []
+    for variable in model.trainable_variables:
+        regularizer = getattr(variable, "regularizer", None)
+        if regularizer is not None:
+            losses.append(regularizer(variable))
+    return losses
+
+
+def regularization_terms(model):
+    """(reg, orth) of a model as the original reports them: the sum of all weight
+    decay terms and the sum of all orthogonality constraints (0.0 when none)."""
+    reg = weight_decay_losses(model)
+    orth = orthogonality_losses(model)
+    zero = tf.constant(0.0, tf.float32)
+    return (tf.add_n(reg) if reg else zero), (tf.add_n(orth) if orth else zero)

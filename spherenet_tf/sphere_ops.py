@@ -1,0 +1,228 @@
+"""The arithmetic of SphereConv: norms, angles and the angular functions.
+
+Ports `_get_input_norm`, `_get_filter_norm` and the `norm` / `w_norm` branches of
+`_conv_layer` in the original `spherenet.py` / `sphere_resnet/sphere_resnet_v1.py`
+(wy1iu/SphereNet), from "Deep Hyperspherical Learning", Liu et al., NIPS 2017
+(arXiv:1711.03189), section 2.
+
+Everything here is plain TensorFlow on NHWC tensors; `layers.SphereConv2D` wires it
+into a Keras layer.  Where this module departs from the original arithmetic it
+says so, and the departure only touches inputs on which the original returned
+NaN or Inf (see README, "Differences from the original").
+"""
+
+import contextlib
+import math
+
+import numpy as np
+import tensorflow as tf
+
+# ---------------------------------------------------------------------------
+# The original's constants, named once.
+# ---------------------------------------------------------------------------
+#: Added under both square roots (patch norm and filter norm).  It keeps the
+#: cosine strictly inside (-1, 1) and all-zero patches finite.
+NORM_EPS = 1e-4
+#: Slope of the linear SphereConv.  Deliberately the original's literal, not 2/pi:
+#: the original gives -3.6e-7 at cos = 0 and -1.0000007 at cos = -1.
+LINEAR_SLOPE = 0.63662
+#: Fixed k of the sigmoid SphereConv (and of the sigmoid `w_norm`).
+SIGMOID_K = 0.3
+#: Initial value of the learnable k of `lr_sigmoid`; the layer uses |k| + K_OFFSET.
+LR_SIGMOID_K_INIT = 0.7
+LR_SIGMOID_K_OFFSET = 0.05
+
+#: The angular functions of section 2.2 of the paper, by their original names.
+NORMS = ("none", "linear", "cosine", "sigmoid", "lr_sigmoid")
+#: Weight-normalised score functions (the original `w_norm` argument).
+W_NORMS = ("none", "linear", "cosine", "sigmoid")
+
+# Smallest value of 1 - cos^2 used in the gradient of acos.  float32 cannot hold a
+# nonzero 1 - c^2 smaller than this (c = 1 - 2**-24 gives exactly 2**-23), so the
+# clamp only acts at |c| = 1 exactly, where TF's own gradient is infinite.
+_ACOS_GRAD_MIN = float(np.finfo(np.float32).eps)
+# Squares of values below 2**60, summed over any realistic patch, stay far below
+# the float32 maximum (2**128); above it the norms are computed on rescaled values.
+_SAFE_EXPONENT = 60
+_FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def sigmoid_constant(k):
+    """The sigmoid SphereConv's normalising constant C(k) = (1+e^{-pi/2k})/(1-e^{-pi/2k}).
+
+    With this C the sigmoid function takes the values 1, 0, -1 at angles 0, pi/2, pi.
+    For a Python number it is computed in float64 (as the original does with NumPy);
+    for a tensor it is computed with TF ops (as the original's `lr_sigmoid` does), so
+    that a learnable k also gets gradient through C.
+    """
+    if isinstance(k, (int, float)):
+        e = math.exp(-math.pi / (2 * k))
+        return (1 + e) / (1 - e)
+    e = tf.exp(-np.pi / (2 * k))
+    return (1 + e) / (1 - e)
+
+
+@tf.custom_gradient
+def safe_acos(c):
+    """acos with a finite gradient everywhere.
+
+    Forward: acos(clip(c, -1, 1)), equal to tf.acos wherever tf.acos is finite.
+    Backward: -1/sqrt(max(1 - c^2, 2**-23)), equal to TF's gradient wherever that
+    is finite; at |c| = 1 (exactly parallel or anti-parallel input and filter) TF's
+    is infinite and this one is about 2.9e3.
+    """
+    y = tf.acos(tf.clip_by_value(c, -1.0, 1.0))
+
+    def grad(dy):
+        one_minus_c2 = tf.maximum(1.0 - tf.square(c), _ACOS_GRAD_MIN)
+        return -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
+
+    return y, grad
+
+
+def _power_of_two_scale(t):
+    """A power of two s >= 1 such that (t / s)**2 cannot overflow when summed.
+
+    s is exactly 1 unless max|t| >= 2**61, so for all ordinary inputs dividing by it
+    changes no bit; being a power of two, it never adds rounding.
+    """
+    maxabs = tf.stop_gradient(tf.reduce_max(tf.abs(t)))
+    exponent = tf.math.floor(tf.math.log(maxabs) / math.log(2.0)) - _SAFE_EXPONENT
+    exponent = tf.clip_by_value(exponent, 0.0, 126.0)  # log(0) = -inf -> 0
+    bits = (tf.cast(exponent, tf.int32) + 127) * (2**23)
+    return tf.bitcast(bits, tf.float32)
+
+
+def _scaled_sqrt(sum_of_scaled_squares, scale):
+    """scale * sqrt(sum + NORM_EPS / scale^2), i.e. sqrt(sum_of_squares + NORM_EPS).
+
+    For scale = 1 this is exactly the original's sqrt(sum + 1e-4).  For huge inputs
+    the eps term may underflow; it is kept above the smallest normal float so that
+    the square root's gradient stays finite on all-zero patches.
+    """
+    eps = tf.maximum(NORM_EPS / scale / scale, _FLT_MIN)
+    return tf.sqrt(sum_of_scaled_squares + eps) * scale
+
+
+_ORIGINAL_FORMULATION = [False]
+
+
+@contextlib.contextmanager
+def original_formulation():
+    """Within this block (at trace time), compute patch norms as the original did.
+
+    The fast box-sum form is an exact rewrite, but it sums in another order, so its
+    last bits differ.  Tests use this to replay the original's rounding (and show that
+    every other part of the port matches the fixtures to 1e-5 even after Adam steps);
+    benchmarks use it to time the original formulation.  Not meant for training.
+    """
+    previous = _ORIGINAL_FORMULATION[0]
+    _ORIGINAL_FORMULATION[0] = True
+    try:
+        yield
+    finally:
+        _ORIGINAL_FORMULATION[0] = previous
+
+
+def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
+    """Norm of every k x k x C_in input patch the convolution sees, shape [B, Ho, Wo, 1].
+
+    Equals the original's `sqrt(conv2d(x*x, ones[k, k, C_in, 1]) + 1e-4)` with the
+    convolution's own stride and padding (the stride-aware form of
+    `sphere_resnet_v1.py`; `spherenet.py` always used stride 1, which fails for
+    stride 2).  Computed as a channel-wise sum of squares followed by a k x k box sum,
+    C_in times fewer multiply-adds than the ones-kernel convolution.
+    """
+    if _ORIGINAL_FORMULATION[0]:
+        return patch_norm_original(x, kernel_size, strides, padding, dilation_rate)
+    x = tf.cast(x, tf.float32)
+    scale = _power_of_two_scale(x)
+    xs = x / scale
+    sumsq = tf.reduce_sum(tf.square(xs), axis=-1, keepdims=True)
+    ones = tf.ones(tuple(kernel_size) + (1, 1), tf.float32)
+    box = tf.nn.conv2d(
+        sumsq,
+        ones,
+        strides=list(strides),
+        padding=padding.upper(),
+        dilations=list(dilation_rate),
+    )
+    return _scaled_sqrt(box, scale)
+
+
+def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
+    """The original formulation of `patch_norm`: one convolution of x*x with ones.
+
+    Kept only so tests and benchmarks can compare the fast path against it.
+    """
+    x = tf.cast(x, tf.float32)
+    ones = tf.ones(tuple(kernel_size) + (x.shape[-1], 1), tf.float32)
+    conv = tf.nn.conv2d(
+        x * x, ones, strides=list(strides), padding=padding.upper(), dilations=list(dilation_rate)
+    )
+    return tf.sqrt(conv + NORM_EPS)
+
+
+def filter_norm(kernel):
+    """Norm of every filter, shape [1, 1, 1, C_out]: sqrt(sum(W*W over k, k, C_in) + 1e-4)."""
+    kernel = tf.cast(kernel, tf.float32)
+    scale = _power_of_two_scale(kernel)
+    ks = kernel / scale
+    sumsq = tf.reduce_sum(tf.square(ks), axis=[0, 1, 2], keepdims=True)
+    return _scaled_sqrt(sumsq, scale)
+
+
+def angular_function(cos, norm, k=None):
+    """g(theta) of the paper for cos = cos(theta); `norm` names g as in the original.
+
+    - 'cosine':  cos(theta)
+    - 'linear':  1 - 0.63662 * theta   (0.63662 ~ 2/pi, the original's literal)
+    - 'sigmoid': C(k) (1 - e^{theta/k - pi/2k}) / (1 + e^{theta/k - pi/2k}), k = 0.3
+    - 'lr_sigmoid': the same with the per-filter k given (already |k| + 0.05).
+    """
+    if norm == "cosine":
+        return cos
+    theta = safe_acos(cos)
+    if norm == "linear":
+        return -LINEAR_SLOPE * theta + 1.0
+    if norm == "sigmoid":
+        k = SIGMOID_K
+    elif norm != "lr_sigmoid":
+        raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
+    c = sigmoid_constant(k)
+    # The same expression, in the same order, as the original (exp evaluated twice
+    # there; once here, which gives the same value).
+    e = tf.exp(theta / k - np.pi / (2 * k))
+    return c * (1.0 - e) / (1.0 + e)
+
+
+def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
+    """Turn a plain convolution output into the SphereConv output.
+
+    Args:
+      conv: conv2d(x, W), float32 [B, Ho, Wo, C_out].
+      xnorm: `patch_norm(x)`, [B, Ho, Wo, 1].
+      wnorm: `filter_norm(W)`, [1, 1, 1, C_out].
+      norm: SphereConv angular function, one of `NORMS`.
+      w_norm: weight-normalised score function, one of `W_NORMS`, applied first as
+        in the original (it is meant for `norm='none'`, e.g. the score layer).
+      k: the per-filter k (|k_value| + 0.05) for `norm='lr_sigmoid'`.
+
+    `w_norm='cosine'` gives conv/|W| = |x| cos(theta), exactly as the original.
+    `w_norm='linear'|'sigmoid'` give the generalised angular softmax logit
+    |x| g(theta) with theta the angle between patch and filter.  The original
+    applied acos to |x| cos(theta) instead, which is NaN whenever that exceeds 1
+    (ordinary feature norms); see README, "Differences from the original".
+    """
+    if w_norm == "cosine":
+        conv = conv / wnorm
+    elif w_norm in ("linear", "sigmoid"):
+        conv = xnorm * angular_function(conv / xnorm / wnorm, w_norm)
+    elif w_norm != "none":
+        raise ValueError(f"sphere_response: unknown w_norm {w_norm!r}; allowed: {W_NORMS}")
+
+    if norm == "none":
+        return conv
+    # Divided in the original's order: first by the patch norm, then by the filter norm.
+    cos = conv / xnorm / wnorm
+    return angular_function(cos, norm, k)
