@@ -1,0 +1,153 @@
+"""Functional builders of the original's networks.
+
+`build_cnn9` is the 9-layer network of `spherenet.py` and `baseline/baseline_cnn.py`
+(SphereNet-9 and its CNN twin differ only in settings); `build_resnet32` is the
+ResNet-32 of `sphere_resnet/sphere_resnet_v1.py` and
+`sphere_resnet/baseline/baseline_resnet.py`.  The files named like the original's
+(`spherenet.py`, `baseline/baseline_cnn.py`, ...) are short settings files calling
+these.  Layer names are the original's variable scopes (`conv1_0`, `fc6`, `score`,
+`block2_unit0_first`, ...; BN as `NAME_bn`), so weights, checkpoints and logs line up.
+
+Models take float images in 0..255 (what the data pipeline yields) and normalise
+them inside with (x - 127.5) / 128, as the original's `build` does.  They return
+the score logits, shape [batch, n_class].
+"""
+
+import keras
+
+from .layers import conv_layer
+from .sphere_ops import NORMS, W_NORMS
+from .layers import validate_option
+
+#: Input of every CIFAR model.
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def _inputs(input_shape):
+    images = keras.Input(shape=input_shape, name="images")
+    # (x - 127.5) / 128 as x * (1/128) - 127.5/128: both steps are exact or
+    # rounded once, so this gives the same bits as the original's expression.
+    x = keras.layers.Rescaling(scale=1.0 / 128.0, offset=-127.5 / 128.0, name="normalize")(images)
+    return images, x
+
+
+def _logits(score):
+    # The original's score is [B, 1, 1, n_class]; Keras users expect [B, n_class].
+    return keras.layers.Flatten(name="logits")(score)
+
+
+def build_cnn9(
+    n_class=10,
+    norm="cosine",
+    w_norm="none",
+    reg=False,
+    orth=True,
+    widths=(128, 192, 256),
+    fc6_bn=False,
+    name="spherenet9",
+    input_shape=IMAGE_SHAPE,
+):
+    """The original 9-layer CIFAR network (SphereNet-9 or the baseline CNN-9).
+
+    Three stages of three 3x3 'same' convolutions with BN and ReLU (`conv{s}_{i}`),
+    a 2x2 max-pool after each stage, then `fc6` (4x4 'valid' convolution to 256, no
+    ReLU) and `score` (1x1 convolution to n_class, weight decay, `w_norm`).
+
+    Args:
+      n_class: number of classes.
+      norm: SphereConv angular function of conv1_0 ... fc6 ('none' = plain conv).
+      w_norm: weight-normalised score of the `score` layer.
+      reg: weight decay (5e-4 * l2_loss) on the filters of conv1_0 ... fc6.
+      orth: orthogonality constraint on the filters of conv1_0 ... fc6.
+      widths: filters of the three stages; the original's examples use (128, 196, 256).
+      fc6_bn: BN after fc6 (the original's examples have it).
+      name: model name.
+    """
+    validate_option("build_cnn9", "norm", norm, NORMS)
+    validate_option("build_cnn9", "w_norm", w_norm, W_NORMS)
+    if len(widths) != 3:
+        raise ValueError(f"build_cnn9: `widths` must list 3 stage widths. Received: widths={widths!r}")
+    images, x = _inputs(input_shape)
+    for stage, width in enumerate(widths, start=1):
+        for i in range(3):
+            x = conv_layer(
+                x, 3, width, f"conv{stage}_{i}", bn=True, relu=True, padding="same",
+                norm=norm, reg=reg, orth=orth,
+            )
+        x = keras.layers.MaxPooling2D(2, 2, padding="same", name=f"pool{stage}")(x)
+    x = conv_layer(
+        x, 4, 256, "fc6", bn=fc6_bn, relu=False, padding="valid", norm=norm, reg=reg, orth=orth
+    )
+    score = conv_layer(
+        x, 1, n_class, "score", bn=False, relu=False, padding="valid",
+        norm="none", reg=True, orth=False, w_norm=w_norm,
+    )
+    return keras.Model(images, _logits(score), name=name)
+
+
+def residual_unit(x, filters, strides, name, norm, reg, orth):
+    """The original `_resnet_unit_v1`: two 3x3 convolutions plus a shortcut.
+
+    `first` (stride `strides`, BN, ReLU) and `second` (stride 1, BN, no ReLU) use the
+    unit's `norm`/`reg`/`orth`; the shortcut is the identity when the width does not
+    change, else `shortcut`, a plain 1x1 convolution with stride, BN and weight decay.
+    Output: relu(residual + shortcut).
+    """
+    residual = conv_layer(x, 3, filters, f"{name}_first", strides=strides, bn=True, relu=True,
+                          norm=norm, reg=reg, orth=orth)
+    residual = conv_layer(residual, 3, filters, f"{name}_second", strides=1, bn=True, relu=False,
+                          norm=norm, reg=reg, orth=orth)
+    if x.shape[-1] == filters:
+        shortcut = x
+    else:
+        shortcut = conv_layer(x, 1, filters, f"{name}_shortcut", strides=strides, bn=True,
+                              relu=False, norm="none", reg=True, orth=False)
+    y = keras.layers.Add(name=f"{name}_add")([residual, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu")(y)
+
+
+def build_resnet32(
+    n_class=10,
+    norm="linear",
+    w_norm="none",
+    reg=False,
+    orth=True,
+    widths=(96, 192, 384),
+    units_per_stage=5,
+    name="sphere_resnet32",
+    input_shape=IMAGE_SHAPE,
+):
+    """The original ResNet-32 for CIFAR-10+ (SphereResNet-32 or the plain ResNet-32).
+
+    `root` (3x3 convolution, BN, ReLU), three stages of `units_per_stage` residual
+    units (`block{s}_unit{i}`; stride 2 in unit 0 of stages 2 and 3), an 8x8 'valid'
+    average pool and `score` (1x1 convolution with weight decay and `w_norm`).
+
+    Args mirror `build_cnn9`; `norm`, `reg` and `orth` apply to `root` and to the
+    `first`/`second` convolutions of every unit (shortcut convolutions are always
+    plain with weight decay, as in the original).
+    """
+    validate_option("build_resnet32", "norm", norm, NORMS)
+    validate_option("build_resnet32", "w_norm", w_norm, W_NORMS)
+    images, x = _inputs(input_shape)
+    x = conv_layer(x, 3, widths[0], "root", bn=True, relu=True, norm=norm, reg=reg, orth=orth)
+    for stage, width in enumerate(widths, start=1):
+        for i in range(units_per_stage):
+            strides = 2 if (stage > 1 and i == 0) else 1
+            x = residual_unit(x, width, strides, f"block{stage}_unit{i}", norm, reg, orth)
+    x = keras.layers.AveragePooling2D(8, 1, padding="valid", name="avg_pool")(x)
+    score = conv_layer(
+        x, 1, n_class, "score", bn=False, relu=False, padding="valid",
+        norm="none", reg=True, orth=False, w_norm=w_norm,
+    )
+    return keras.Model(images, _logits(score), name=name)
+
+
+def feature_model(model):
+    """A model returning (logits, feature): the input of the `score` layer.
+
+    The feature is fc6's output for the 9-layer nets and the pooled map for ResNets
+    (the fixtures' `feature`).
+    """
+    score = model.get_layer("score")
+    return keras.Model(model.inputs, [model.outputs[0], score.input], name=f"{model.name}_features")
