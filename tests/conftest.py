@@ -68,3 +68,19 @@ def load_module(relative_path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def binary_dir(tmp_path_factory):
+    """A CIFAR-10 folder in the original's binary format (synthetic, learnable data)."""
+    from fake_cifar import write_binary_cifar
+
+    return write_binary_cifar(str(tmp_path_factory.mktemp("cifar_bin")))
+
+
+def script_env():
+    """Environment for running the repository's scripts in a subprocess."""
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
