@@ -213,17 +213,21 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def parse_settings(script_settings, script, argv=None, description=None, extra_options=None):
+def parse_settings(script_settings, script, argv=None, description=None, extra_options=None,
+                   help_from=()):
     """Settings of a run: the script's settings block, overridden by the command line.
 
     `script_settings` maps setting names to their values in the script (e.g. its
-    `globals()`); relative paths there are taken relative to the script's folder (the
+    `globals()`); `--help` shows each setting's comment from the script (or from the
+    files in `help_from`, e.g. the training script an example builds on).  Relative paths there are taken relative to the script's folder (the
     original scripts were run from their folder), relative paths given on the command
     line relative to the current directory.
     """
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     block = {k: script_settings[k] for k in fields if k in script_settings}
-    comments = _setting_comments(script)
+    comments = {}
+    for source in list(help_from) + [script]:
+        comments.update(_setting_comments(source))
     known = list(fields) + list(extra_options or {})
     parser = _Parser(
         description=description,
@@ -799,11 +803,11 @@ class Trainer:
         return test_acc
 
 
-def main(script_settings, build_model, script, argv=None, description=None):
+def main(script_settings, build_model, script, argv=None, description=None, help_from=()):
     """Entry point of a training script: parse the command line over the script's
     settings block, then train.  Errors about the user's input exit with a message,
     not a traceback."""
-    settings, _ = parse_settings(script_settings, script, argv, description)
+    settings, _ = parse_settings(script_settings, script, argv, description, help_from=help_from)
     configure_devices(settings)
     try:
         trainer = Trainer(settings, build_model, script=script)

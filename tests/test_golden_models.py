@@ -27,16 +27,24 @@ from golden_rules import check, load_npz
 
 FWD_TOL = 1e-5
 ADAM_TOL = 1e-4
+# The ResNets after Adam steps: README section 4 measured TF against itself at 6e-4
+# (SphereResNet-32) and 1.7e-2 (ResNet-32) and suggests 5e-2; the replay measures
+# 2.4e-4 at most (a BN beta of ResNet-32), so it is held to 1e-3.
+RESNET_ADAM_TOL = 1e-3
+RESNETS = ("sphere_resnet32", "baseline_resnet32")
 # Eval-mode outputs of the non-sphere models are ~1e11 (zero-started moving
 # averages, README section 5.3): README section 4 compares them at 1e-4 of the max.
 HUGE_EVAL_TOL = 1e-4
-# README section 4: after-Adam values of the 9-layer models, TF vs TF.
-PORT_ADAM_TOL = 1e-3
+# README section 4: after-Adam values of the 9-layer models, TF vs TF; 5e-2 of the
+# maximum for the ResNets, where one ReLU input within float noise of 0 changes the
+# gradients by ~1% (measured: SphereResNet-32 1.3e-3, ResNet-32 2.2e-2).
+PORT_ADAM_TOL = {"spherenet9": 1e-3, "baseline_cnn": 1e-3, "sphere_resnet32": 5e-2,
+                 "baseline_resnet32": 5e-2}
 # Adam's first moment of a cancellation-dominated gradient (e.g. conv2_1's BN beta
 # in SphereNet-9) differs by up to 8e-3 of its maximum even in the replay.
 SLOT_TOL = 2e-2
 
-MODELS = ["spherenet9", "baseline_cnn"]
+MODELS = ["spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32"]
 FORWARD_PREFIXES = ("init/train/", "warmup/", "ema_after_pass1/", "ema_after_warmup/",
                     "ref_eval/", "ref_eval_W1/", "adam/step0/", "init/eval/")
 
@@ -77,7 +85,8 @@ def port(request):
 def test_replay_matches_original_everywhere(replay):
     name, results = replay
     g = load_npz(f"model_{name}.npz")
-    tolerances = {"forward": FWD_TOL, "after_adam": ADAM_TOL, "state": ADAM_TOL, "slot": SLOT_TOL}
+    adam_tol = RESNET_ADAM_TOL if name in RESNETS else ADAM_TOL
+    tolerances = {"forward": FWD_TOL, "after_adam": adam_tol, "state": adam_tol, "slot": SLOT_TOL}
     for key, value in results.items():
         category = _category(key)
         check(f"model_{name}.npz replay {category}", key, value, g[key], tolerances[category])
@@ -106,5 +115,5 @@ def test_port_after_adam_logits_and_losses(port):
     keys = [k for k in results if _category(k) == "after_adam" and not k.endswith("/feature")]
     assert len(keys) >= 15
     for key in keys:
-        check(fixture, key, results[key], g[key], PORT_ADAM_TOL)
+        check(fixture, key, results[key], g[key], PORT_ADAM_TOL[name])
 

@@ -15,7 +15,7 @@ from spherenet_tf.tf1_names import tf1_variables
 INVENTORY_KINDS = {"filter", "bn_gamma", "bn_beta", "k_value_lr", "ema_mean", "ema_var"}
 
 
-@pytest.mark.parametrize("name", ["spherenet9", "baseline_cnn"])
+@pytest.mark.parametrize("name", ["spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32"])
 def test_variables_match_the_originals_inventory(name):
     with open(golden_path(f"vars_{name}.json")) as f:
         inventory = json.load(f)
@@ -75,3 +75,28 @@ def test_builder_rejects_bad_switches(bad):
     spherenet = load_module("spherenet.py")
     with pytest.raises(ValueError, match="Allowed values are"):
         spherenet.build_spherenet(**bad)
+
+
+def test_resnet_structure_and_names():
+    model = load_module("sphere_resnet/sphere_resnet_v1.py").build_sphere_resnet()
+    convs = {l.name: l for l in model.layers if isinstance(l, SphereConv2D)}
+    expected = ["root"]
+    for s in (1, 2, 3):
+        for i in range(5):
+            expected += [f"block{s}_unit{i}_first", f"block{s}_unit{i}_second"]
+            if i == 0 and s > 1:
+                expected.append(f"block{s}_unit{i}_shortcut")
+    assert sorted(convs) == sorted(expected + ["score"])
+    for name in expected:
+        layer = convs[name]
+        if name.endswith("shortcut"):
+            assert (layer.norm, layer.orth, layer.kernel_size) == ("none", False, (1, 1))
+            assert layer.kernel_regularizer is not None and layer.strides == (2, 2)
+        else:
+            assert (layer.norm, layer.orth, layer.kernel_regularizer) == ("linear", True, None)
+    assert convs["block2_unit0_first"].strides == (2, 2) and convs["block2_unit1_first"].strides == (1, 1)
+    assert "block1_unit0_shortcut" not in convs  # identity shortcut when widths match
+    assert model.get_layer("avg_pool").output.shape[1:3] == (1, 1)
+    base = load_module("sphere_resnet/baseline/baseline_resnet.py").build_baseline_resnet()
+    assert all(l.norm == "none" and not l.orth and l.kernel_regularizer is not None
+               for l in base.layers if isinstance(l, SphereConv2D))

@@ -1,0 +1,37 @@
+"""Train the ResNet-32 baseline on CIFAR-10+: the original
+`sphere_resnet/baseline/train_baseline.py`.
+
+    cd sphere_resnet/baseline && python train_baseline.py   # as in the original README
+    python sphere_resnet/baseline/train_baseline.py --help
+
+Same schedule, augmentation and log lines as `../train_sphere_resnet.py` (without
+`orth=`: the baseline has no orthogonality constraint).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info lines out of the log
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from baseline_resnet import build_baseline_resnet  # noqa: E402
+from spherenet_tf import training  # noqa: E402
+
+# ---- settings (each can be overridden on the command line: --lr 1e-4) ----------
+n_class = 10                     # number of classes
+batch_sz = 128                   # training batch of one iteration (shared by all replicas)
+batch_test = 100                 # batch size of the test-set evaluation
+max_epoch = 64000                # last iteration (iterations, not epochs): runs 0..max_epoch
+lr = 1e-3                        # Adam learning rate; /10 from iteration 34000 and from 54000
+data_path = '../../cifar10/'     # CIFAR-10 (relative to this folder, as in the original)
+model_file = 'models/'           # checkpoints, final.keras, settings.json and training.log
+augmentation = 'cifar10plus'     # CIFAR-10+: symmetric 4-pixel pad, random 32x32 crop, flip
+
+
+def build_model(s):
+    return build_baseline_resnet(s.n_class)
+
+
+if __name__ == '__main__':
+    training.main(globals(), build_model, __file__, description=__doc__.split("\n")[0])
