@@ -229,7 +229,9 @@ def batch_norm(name):
     Moments over (N, H, W) with the biased variance, epsilon 1e-3, moving averages
     with decay 0.999 that both start at zero (the original averages tensors, so its
     moving variance starts at 0, not 1), and gamma/beta weight decay
-    `5e-4 * l2_loss` (gamma is pulled towards 0, as in the original).
+    `5e-4 * l2_loss` (gamma is pulled towards 0, as in the original).  (TF's fused
+    batch-norm kernel was measured slower than these unfused ops on the CPU, so the
+    plain Keras layer is used.)
     """
     return keras.layers.BatchNormalization(
         momentum=BN_MOMENTUM,

@@ -12,6 +12,7 @@ NaN or Inf (see README, "Differences from the original").
 """
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -41,10 +42,12 @@ W_NORMS = ("none", "linear", "cosine", "sigmoid")
 # nonzero 1 - c^2 smaller than this (c = 1 - 2**-24 gives exactly 2**-23), so the
 # clamp only acts at |c| = 1 exactly, where TF's own gradient is infinite.
 _ACOS_GRAD_MIN = float(np.finfo(np.float32).eps)
-# Squares of values below 2**60, summed over any realistic patch, stay far below
-# the float32 maximum (2**128); above it the norms are computed on rescaled values.
-_SAFE_EXPONENT = 60
-_FLT_MIN = float(np.finfo(np.float32).tiny)
+# The norms square their inputs after scaling them by 2**-32, so that squares of values
+# up to ~7.7e28 (instead of ~1.8e19) stay finite.  Scaling by a power of two is exact,
+# so the result has the same bits as the unscaled formula: the only squares that leave
+# the normal range are those of |x| < 4.7e-10, which are far below half an ulp of the
+# 1e-4 added to every sum.
+_NORM_SCALE = 2.0**-32
 
 
 def sigmoid_constant(k):
@@ -80,38 +83,15 @@ def safe_acos(c):
     return y, grad
 
 
-def _power_of_two_scale(t):
-    """A power of two s >= 1 such that (t / s)**2 cannot overflow when summed.
-
-    s is exactly 1 unless max|t| >= 2**61, so for all ordinary inputs dividing by it
-    changes no bit; being a power of two, it never adds rounding.
-    """
-    maxabs = tf.stop_gradient(tf.reduce_max(tf.abs(t)))
-    exponent = tf.math.floor(tf.math.log(maxabs) / math.log(2.0)) - _SAFE_EXPONENT
-    exponent = tf.clip_by_value(exponent, 0.0, 126.0)  # log(0) = -inf -> 0
-    bits = (tf.cast(exponent, tf.int32) + 127) * (2**23)
-    return tf.bitcast(bits, tf.float32)
-
-
-def _scaled_sqrt(sum_of_scaled_squares, scale):
-    """scale * sqrt(sum + NORM_EPS / scale^2), i.e. sqrt(sum_of_squares + NORM_EPS).
-
-    For scale = 1 this is exactly the original's sqrt(sum + 1e-4).  For huge inputs
-    the eps term may underflow; it is kept above the smallest normal float so that
-    the square root's gradient stays finite on all-zero patches.
-    """
-    eps = tf.maximum(NORM_EPS / scale / scale, _FLT_MIN)
-    return tf.sqrt(sum_of_scaled_squares + eps) * scale
-
-
 _ORIGINAL_FORMULATION = [False]
 
 
 @contextlib.contextmanager
 def original_formulation():
-    """Within this block (at trace time), compute patch norms as the original did.
+    """Within this block (at trace time), compute SphereConv as the original did.
 
-    The fast box-sum form is an exact rewrite, but it sums in another order, so its
+    Patch norms as a ones-kernel convolution, autodiff through every division and
+    angle.  The fast forms are exact rewrites, but they sum in other orders, so their
     last bits differ.  Tests use this to replay the original's rounding (and show that
     every other part of the port matches the fixtures to 1e-5 even after Adam steps);
     benchmarks use it to time the original formulation.  Not meant for training.
@@ -131,23 +111,35 @@ def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1,
     convolution's own stride and padding (the stride-aware form of
     `sphere_resnet_v1.py`; `spherenet.py` always used stride 1, which fails for
     stride 2).  Computed as a channel-wise sum of squares followed by a k x k box sum,
-    C_in times fewer multiply-adds than the ones-kernel convolution.
+    C_in times fewer multiply-adds than the ones-kernel convolution, with a
+    hand-written gradient x * box_sum^T(d/xnorm) (one pass over the input).
     """
     if _ORIGINAL_FORMULATION[0]:
         return patch_norm_original(x, kernel_size, strides, padding, dilation_rate)
-    x = tf.cast(x, tf.float32)
-    scale = _power_of_two_scale(x)
-    xs = x / scale
-    sumsq = tf.reduce_sum(tf.square(xs), axis=-1, keepdims=True)
-    ones = tf.ones(tuple(kernel_size) + (1, 1), tf.float32)
-    box = tf.nn.conv2d(
-        sumsq,
-        ones,
-        strides=list(strides),
-        padding=padding.upper(),
-        dilations=list(dilation_rate),
-    )
-    return _scaled_sqrt(box, scale)
+    fn = _patch_norm_fn(tuple(kernel_size), tuple(strides), padding.upper(), tuple(dilation_rate))
+    return fn(tf.cast(x, tf.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _patch_norm_fn(kernel_size, strides, padding, dilations):
+    @tf.custom_gradient
+    def norm(x):
+        ones = tf.ones(kernel_size + (1, 1), tf.float32)
+        sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
+        box = tf.nn.conv2d(sumsq, ones, strides=list(strides), padding=padding,
+                           dilations=list(dilations))
+        xnorm = tf.sqrt(box + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
+
+        def grad(dxnorm):
+            # xnorm = sqrt(box_sum(sum_c x^2) + eps)  =>  dxnorm/dx = x * box_sum^T(1/xnorm)
+            spread = tf.nn.conv2d_transpose(dxnorm / xnorm, ones, tf.shape(sumsq),
+                                            strides=list(strides), padding=padding,
+                                            dilations=list(dilations))
+            return x * spread
+
+        return xnorm, grad
+
+    return norm
 
 
 def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
@@ -165,11 +157,9 @@ def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation
 
 def filter_norm(kernel):
     """Norm of every filter, shape [1, 1, 1, C_out]: sqrt(sum(W*W over k, k, C_in) + 1e-4)."""
-    kernel = tf.cast(kernel, tf.float32)
-    scale = _power_of_two_scale(kernel)
-    ks = kernel / scale
-    sumsq = tf.reduce_sum(tf.square(ks), axis=[0, 1, 2], keepdims=True)
-    return _scaled_sqrt(sumsq, scale)
+    scaled = tf.cast(kernel, tf.float32) * _NORM_SCALE
+    sumsq = tf.reduce_sum(tf.square(scaled), axis=[0, 1, 2], keepdims=True)
+    return tf.sqrt(sumsq + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
 
 
 def angular_function(cos, norm, k=None):
@@ -196,6 +186,70 @@ def angular_function(cos, norm, k=None):
     return c * (1.0 - e) / (1.0 + e)
 
 
+def _acos_grad_scale(cos):
+    """1 / sqrt(max(1 - c^2, 2**-23)): |d acos / dc|, bounded as in `safe_acos`."""
+    return tf.math.rsqrt(tf.maximum(1.0 - tf.square(cos), _ACOS_GRAD_MIN))
+
+
+def _normalised_response(norm):
+    """y = g(conv / xnorm / wnorm) for one angular function, with a hand-written gradient.
+
+    Autodiff through the divisions and the angle keeps about ten output-sized
+    intermediates and makes as many passes over them; this keeps only the cosine
+    (which *is* the output for `cosine`) and needs five passes.  Inputs: conv
+    [B,Ho,Wo,F], xnorm [B,Ho,Wo,1], wnorm [1,1,1,F], k [F] (the effective k of
+    `lr_sigmoid`, |k_value| + 0.05; ignored otherwise).
+    """
+
+    @tf.custom_gradient
+    def response(conv, xnorm, wnorm, k):
+        # Divided in the original's order: first by the patch norm, then by the filter norm.
+        cos = conv / xnorm / wnorm
+        if norm == "cosine":
+            y = cos
+        else:
+            theta = tf.acos(tf.clip_by_value(cos, -1.0, 1.0))
+            if norm == "linear":
+                y = -LINEAR_SLOPE * theta + 1.0
+            else:
+                kk = SIGMOID_K if norm == "sigmoid" else k
+                c = sigmoid_constant(kk)
+                e = tf.exp(theta / kk - np.pi / (2 * kk))
+                y = c * (1.0 - e) / (1.0 + e)
+
+        def grad(dy):
+            dk = None
+            if norm == "cosine":
+                d = dy
+            elif norm == "linear":
+                d = dy * (LINEAR_SLOPE * _acos_grad_scale(cos))
+            else:
+                # g = C (1 - e) / (1 + e), e = exp((theta - pi/2) / k):
+                # dg/dtheta = -2 C e / (k (1 + e)^2), dtheta/dc = -1 / sqrt(1 - c^2)
+                one_plus_e = 1.0 + e
+                dg_dtheta = (-2.0 * c / kk) * e / tf.square(one_plus_e)
+                d = dy * (-dg_dtheta) * _acos_grad_scale(cos)
+                if norm == "lr_sigmoid":
+                    # dg/dk = dC/dk (1 - e)/(1 + e) + C 2 e (theta - pi/2) / (k^2 (1 + e)^2)
+                    a = tf.exp(-np.pi / (2 * k))
+                    dc_dk = a * np.pi / (tf.square(k) * tf.square(1.0 - a))
+                    dg_dk = (dc_dk * (1.0 - e) / one_plus_e
+                             + (2.0 * c / tf.square(k)) * e * (theta - np.pi / 2) / tf.square(one_plus_e))
+                    dk = tf.reduce_sum(dy * dg_dk, axis=[0, 1, 2])
+            grad_conv = d / xnorm / wnorm
+            e_cos = d * cos
+            grad_xnorm = -tf.reduce_sum(e_cos, axis=-1, keepdims=True) / xnorm
+            grad_wnorm = -tf.reduce_sum(e_cos, axis=[0, 1, 2], keepdims=True) / wnorm
+            return grad_conv, grad_xnorm, grad_wnorm, dk
+
+        return y, grad
+
+    return response
+
+
+_RESPONSES = {}
+
+
 def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
     """Turn a plain convolution output into the SphereConv output.
 
@@ -213,7 +267,22 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
     |x| g(theta) with theta the angle between patch and filter.  The original
     applied acos to |x| cos(theta) instead, which is NaN whenever that exceeds 1
     (ordinary feature norms); see README, "Differences from the original".
+
+    The usual case (a `norm` and no `w_norm`) runs a fused form with a hand-written
+    gradient; the original formulation (`original_formulation()`) and the rare
+    combinations go through plain autodiff of the same expressions.
     """
+    if w_norm == "none" and norm != "none" and not _ORIGINAL_FORMULATION[0]:
+        if norm not in _RESPONSES:
+            _RESPONSES[norm] = _normalised_response(norm)
+        if norm != "lr_sigmoid":
+            k = tf.zeros([], tf.float32)
+        return _RESPONSES[norm](conv, xnorm, wnorm, k)
+    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k)
+
+
+def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k):
+    """`sphere_response` written as plain TF expressions (autodiff gradient)."""
     if w_norm == "cosine":
         conv = conv / wnorm
     elif w_norm in ("linear", "sigmoid"):

@@ -146,7 +146,8 @@ PORT_OPTIONS = {
                         "(a killed run loses at most this many)",
     "restart": "ignore a previous run's resume state in model_file and start from iteration 0",
     "deterministic": "enable TF's deterministic ops (bit-reproducible runs, slower)",
-    "mixed_precision": "mixed_float16 compute (GPU); SphereConv norms stay float32",
+    "mixed_precision": "mixed precision: float16 compute with loss scaling on GPUs, bfloat16 "
+                       "on CPUs; variables, SphereConv norms and angles, BN and the loss stay float32",
     "jit_compile": "compile the training step with XLA",
     "progress": "progress bar on stderr: auto (when stderr is a terminal), on, off",
     "download": "download CIFAR-10 into data_path when it is missing (needs internet)",
@@ -471,6 +472,15 @@ def _atomic_write_text(path, text):
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
+def precision_policy(mixed_precision):
+    """Keras dtype policy of a run: 'float32', or with --mixed_precision 'mixed_float16'
+    where a GPU is visible (tensor cores; needs loss scaling) and 'mixed_bfloat16' on CPUs
+    (bfloat16 has float32's range, so no loss scaling)."""
+    if not mixed_precision:
+        return "float32"
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
 class TrainingError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
@@ -513,8 +523,8 @@ class Trainer:
         if s.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(s.seed)
-        if s.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+        self.precision_policy = precision_policy(s.mixed_precision)
+        keras.mixed_precision.set_global_policy(self.precision_policy)
         self.strategy = make_strategy(s.strategy, s.cpu_replicas)
         self.n_replicas = self.strategy.num_replicas_in_sync
         for name in ("batch_sz", "batch_test"):
@@ -547,7 +557,7 @@ class Trainer:
                         layer.synchronized = True
             self.schedule = OriginalSchedule(s.lr)
             optimizer = keras.optimizers.Adam(learning_rate=self.schedule, **ADAM)
-            if s.mixed_precision:
+            if self.precision_policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
@@ -587,6 +597,7 @@ class Trainer:
             parameters=int(self.model.count_params()),
             replicas=self.n_replicas,
             strategy_class=type(self.strategy).__name__,
+            precision_policy=self.precision_policy,
             script=os.path.abspath(self.script) if self.script else None,
             tensorflow=tf.__version__,
             keras=keras.__version__,
@@ -609,7 +620,7 @@ class Trainer:
                 fit = tf.reduce_sum(per_example) / global_batch
                 reg, orth = regularization_terms(model)
                 loss = fit + (reg + orth) / n_replicas
-                if s.mixed_precision:
+                if self.precision_policy == "mixed_float16":
                     loss = optimizer.scale_loss(loss)
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables))

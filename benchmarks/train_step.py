@@ -1,0 +1,135 @@
+"""Full training-step time, images/s and peak memory of the four models.
+
+    python benchmarks/train_step.py [--batch 32] [--repeats 7] [--models ...] [--memory]
+
+Each step is the training loop's: forward in training mode, loss2 + weight decay +
+orthogonality, gradients, an Adam update, compiled as one tf.function.  Steps of all
+models are timed side by side (interleaved repetitions, median).  `spherenet9_original`
+is SphereNet-9 with the original formulation of SphereConv (ones-kernel patch norm,
+autodiff through every division and angle).  `--memory` measures, for each model in a
+fresh process, the peak resident memory during three training steps above the memory
+held before them (the
+step's working memory: activations, gradients, optimizer slots), and `--jit_compile`
+compiles the steps with XLA.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import common
+import tensorflow as tf
+
+from spherenet_tf import sphere_ops
+from train_step_bench import MODELS, make_step
+
+PAIRS = {  # model -> the baseline it is compared with
+    "spherenet9": "baseline_cnn", "spherenet9_linear": "baseline_cnn",
+    "spherenet9_original": "baseline_cnn", "sphere_resnet32": "baseline_resnet32",
+}
+
+
+def build(name):
+    if name == "spherenet9_original":
+        return MODELS["spherenet9"]()
+    return MODELS[name]()
+
+
+def step_fn(name, batch, jit):
+    model = build(name)
+    if name == "spherenet9_original":
+        with sphere_ops.original_formulation():
+            run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=model)
+        return run
+    run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=model)
+    return run
+
+
+def memory_child(name, batch, jit):
+    """Run in a fresh process: peak RSS growth (MiB) over three steps."""
+    model = build(name)
+    ctx = sphere_ops.original_formulation() if name == "spherenet9_original" else None
+    if ctx:
+        ctx.__enter__()
+    import keras
+    import numpy as np
+
+    from spherenet_tf.layers import regularization_terms
+    from spherenet_tf.losses import loss2_per_example
+    from spherenet_tf.training import ADAM
+
+    optimizer = keras.optimizers.Adam(1e-3, **ADAM)
+    optimizer.build(model.trainable_variables)
+    rng = np.random.RandomState(0)
+    x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
+    y = tf.constant(rng.randint(0, 10, batch).astype(np.int32))
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=jit)
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(loss2_per_example(y, logits)) + sum(regularization_terms(model))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    step().numpy()  # trace and create the optimizer slots
+    step().numpy()
+    before = tf.config.experimental.get_memory_info(device)["current"]
+    tf.config.experimental.reset_memory_stats(device)
+    step().numpy()
+    peak = tf.config.experimental.get_memory_info(device)["peak"]
+    if ctx:
+        ctx.__exit__(None, None, None)
+    print(json.dumps({"model": name, "growth_mib": (peak - before) / 2**20,
+                      "peak_mib": peak / 2**20, "device": device}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn")
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return memory_child(args.child, args.batch, args.jit_compile)
+    names = args.models.split(",")
+    fns = [step_fn(n, args.batch, args.jit_compile) for n in names]
+    times = common.interleaved_median_times(fns, repeats=args.repeats, warmup=2)
+    t = dict(zip(names, times))
+    rows = []
+    for name in names:
+        base = PAIRS.get(name)
+        ratio = f"{t[name] / t[base]:.3f}x {base}" if base in t else ""
+        rows.append((name, f"{t[name] * 1e3:9.1f}", f"{args.batch / t[name]:8.1f}", ratio))
+    print(f"training step, batch {args.batch}, median of {args.repeats} interleaved repetitions"
+          f"{', XLA' if args.jit_compile else ''}; devices {[d.name for d in tf.config.list_logical_devices()]}")
+    common.print_table(["model", "ms/step", "images/s", "ratio"], rows)
+    if args.memory:
+        mem = {}
+        for name in names:
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
+                   "--batch", str(args.batch)] + (["--jit_compile"] if args.jit_compile else [])
+            env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            mem[name] = json.loads(line[-1]) if line else {"growth_mib": float("nan")}
+        rows = []
+        for name in names:
+            base = PAIRS.get(name)
+            g = mem[name]["growth_mib"]
+            ratio = f"{g / mem[base]['growth_mib']:.3f}x {base}" if base in mem else ""
+            rows.append((name, f"{g:8.1f}", ratio))
+        print("\npeak memory of one training step above the memory held between steps "
+              "(MiB; fresh process per model)")
+        common.print_table(["model", "MiB", "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()
