@@ -208,6 +208,7 @@ def plot(runs, out_path, smooth=10, title=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.6), constrained_layout=True)
     loss_ax, acc_ax, zoom_ax = axes
@@ -219,13 +220,16 @@ def plot(runs, out_path, smooth=10, title=None):
         if run.train:
             its = [r[0] for r in run.train]
             fits = [r[1] for r in run.train]
+            marker = "o" if len(its) <= 20 else None  # a short run stays visible
             loss_ax.plot(its, fits, color=color, alpha=0.18, linewidth=0.8)
-            loss_ax.plot(its, _smooth(fits, smooth), color=color, linewidth=1.6, label=run.label)
+            loss_ax.plot(its, _smooth(fits, smooth), color=color, linewidth=1.6, marker=marker,
+                         markersize=3)
         if run.test:
             its = [r[0] for r in run.test]
             accs = [r[1] for r in run.test]
-            acc_ax.plot(its, accs, color=color, linewidth=1.4, label=run.label)
-            zoom_ax.plot(its, accs, color=color, linewidth=1.4, label=run.label)
+            marker = "o" if len(its) <= 20 else None
+            acc_ax.plot(its, accs, color=color, linewidth=1.4, marker=marker, markersize=3)
+            zoom_ax.plot(its, accs, color=color, linewidth=1.4, marker=marker, markersize=3)
             best = max(accs)
             best_accs.append(best)
             best_it = its[accs.index(best)]
@@ -256,8 +260,10 @@ def plot(runs, out_path, smooth=10, title=None):
         if drop <= last:
             loss_ax.text(drop, 0.97, text, color="0.35", fontsize=9, va="top",
                          transform=loss_ax.get_xaxis_transform())
-    handles, labels = (acc_ax if any(r.test for r in runs) else loss_ax).get_legend_handles_labels()
-    acc_ax.legend(handles, labels, loc="lower right", fontsize=9, framealpha=0.9)
+    # one legend entry per run, also for runs with only training or only test lines
+    handles = [Line2D([], [], color=cmap(k % cmap.N), linewidth=2, label=run.label)
+               for k, run in enumerate(runs)]
+    acc_ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.9)
     if title:
         fig.suptitle(title)
     fig.savefig(out_path, dpi=110)
