@@ -24,7 +24,7 @@ from . import cifar10_input
 from .tf1_checkpoint import load_tf1_checkpoint
 
 
-def test_accuracy(model, images, labels, batch_size):
+def evaluate_accuracy(model, images, labels, batch_size):
     """Fraction of the test images whose argmax logit is the label (eval-mode BN)."""
 
     @tf.function
@@ -78,6 +78,6 @@ def run_eval_only(settings, build_model, data=None, out=None):
         print("the checkpoint does not say its iteration (no Adam beta powers, no number in "
               "its name): printing iteration 0", file=sys.stderr)
         iteration = 0
-    accuracy = test_accuracy(model, test_x, test_y, settings.batch_test)
+    accuracy = evaluate_accuracy(model, test_x, test_y, settings.batch_test)
     print(TEST_LINE % (iteration, accuracy), file=out, flush=True)
     return iteration, accuracy

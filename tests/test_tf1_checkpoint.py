@@ -316,6 +316,20 @@ def test_without_optimizer_the_adam_state_is_ignored(example_checkpoint):
     assert "1233" in info.summary() and "Adam variables ignored" in info.summary()
 
 
+def test_adam_inside_a_loss_scale_optimizer(example_checkpoint):
+    """--mixed_precision training wraps Adam in a LossScaleOptimizer: its Adam is restored."""
+    path, values = example_checkpoint
+    model = build_cnn9(**EXAMPLE_LAYOUT)
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3, **ADAM))
+    load_tf1_checkpoint(model, path, optimizer=optimizer)
+    assert int(optimizer.iterations.numpy()) == 1234
+    inner = optimizer.inner_optimizer
+    for name in ("fc6/filter", "conv3_2/k_value_lr", "fc6/bn/beta/bias"):
+        variable = keras_variable_for(model, name)
+        for slot in ("Adam", "Adam_1"):
+            np.testing.assert_array_equal(adam_slot(inner, variable, slot).numpy(), values[f"{name}/{slot}"])
+
+
 # ---------------------------------------------------------------------------
 # Refusals
 # ---------------------------------------------------------------------------
