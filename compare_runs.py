@@ -4,8 +4,9 @@
     python compare_runs.py results/ --out curves.png --label ...       # a folder: its *.log files
     python compare_runs.py a.log b.log --no_plot --markdown            # a Markdown table only
 
-Reads logs in the original's format, as the original training scripts (wy1iu/SphereNet
-`train_spherenet.py` and the others) printed them and as this port writes them to
+Reads logs in the original's format, as the original training scripts of "Deep
+Hyperspherical Learning" (Liu et al., NIPS 2017; wy1iu/SphereNet `train_spherenet.py`
+and the others) printed them and as this port writes them to
 `model_file/training.log`:
 
     ====iteration_100: fit=1.4002, reg=0.4845, orth=0.4476, acc=0.5078   (training batch)
@@ -295,7 +296,7 @@ def main(argv=None):
     parser.add_argument("--markdown", action="store_true", help="print the table in Markdown")
     parser.add_argument("--smooth", type=int, default=10,
                         help="training-loss curve: mean over this many log lines (1 = raw)")
-    parser.add_argument("--thresholds", type=_thresholds, default=THRESHOLDS,
+    parser.add_argument("--thresholds", type=_thresholds, default="80,85,90",
                         help="test accuracies (%%) whose first iteration the table gives")
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)

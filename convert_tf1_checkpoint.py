@@ -1,5 +1,8 @@
 """Convert a checkpoint of the original TF1 SphereNet code into a Keras `.keras` file.
 
+SphereNet: "Deep Hyperspherical Learning", Liu et al., NIPS 2017 (arXiv:1711.03189);
+the original code is wy1iu/SphereNet.  Reading and checking is `spherenet_tf.tf1_checkpoint`.
+
     python convert_tf1_checkpoint.py models/64000 spherenet9.keras --model spherenet9
     python convert_tf1_checkpoint.py models/64000 linear.keras --model spherenet9 --norm linear
     python convert_tf1_checkpoint.py examples_models/64000 sigmoid.keras --model spherenet9 \\

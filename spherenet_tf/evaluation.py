@@ -1,5 +1,8 @@
 """`--eval_only`: the test accuracy of a checkpoint, as the original printed it.
 
+Port of the test-set evaluation inside the original training scripts of "Deep
+Hyperspherical Learning" (Liu et al., NIPS 2017; wy1iu/SphereNet `train_spherenet.py`).
+
 Every training script accepts `--eval_only`: it builds the script's model with its
 settings, loads a checkpoint of the original TF1 code (`--tf1_checkpoint models/16000`,
 see `tf1_checkpoint`) or else the latest checkpoint of this port's own run in
