@@ -1,7 +1,6 @@
 """The command-line uses of TF1 checkpoints: every training script's `--eval_only` /
 `--tf1_checkpoint`, and convert_tf1_checkpoint.py."""
 
-
 import keras
 import numpy as np
 import pytest
