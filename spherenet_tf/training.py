@@ -127,6 +127,8 @@ class Settings:
     jit_compile: bool = False
     progress: str = "auto"
     download: bool = True
+    tf1_checkpoint: str = ""
+    eval_only: bool = False
 
 
 PORT_OPTIONS = {
@@ -151,6 +153,11 @@ PORT_OPTIONS = {
     "jit_compile": "compile the training step with XLA",
     "progress": "progress bar on stderr: auto (when stderr is a terminal), on, off",
     "download": "download CIFAR-10 into data_path when it is missing (needs internet)",
+    "tf1_checkpoint": "a checkpoint of the original TF1 code (e.g. its models/16000): "
+                      "evaluate it with --eval_only, or continue training from it (weights "
+                      "and Adam state; a resume checkpoint in model_file takes precedence)",
+    "eval_only": "only evaluate: print the test accuracy line of --tf1_checkpoint, or else "
+                 "of model_file's latest checkpoint; writes nothing",
 }
 
 
@@ -707,9 +714,20 @@ class Trainer:
             chief_manager_dir = os.path.join(self.s.model_file, RESUME_DIR)
             latest = tf.train.latest_checkpoint(chief_manager_dir)
         if self.s.restart or latest is None:
-            return 0
+            return self._start_from_tf1_checkpoint() if self.s.tf1_checkpoint else 0
         self._check_settings_compatible()
         self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return self.iteration
+
+    def _start_from_tf1_checkpoint(self):
+        """Weights and Adam state of the original's checkpoint; returns the iteration to
+        run next (the original's step count)."""
+        from .tf1_checkpoint import load_tf1_checkpoint
+
+        info = load_tf1_checkpoint(self.model, self.s.tf1_checkpoint, optimizer=self.optimizer)
+        self.log.note(f"continuing the original's checkpoint {info.summary()}")
+        if self.is_chief:
+            self.log.start_fresh()
         return self.iteration
 
     def _check_settings_compatible(self):
@@ -818,11 +836,20 @@ def main(script_settings, build_model, script, argv=None, description=None, help
     """Entry point of a training script: parse the command line over the script's
     settings block, then train.  Errors about the user's input exit with a message,
     not a traceback."""
+    from .tf1_checkpoint import TF1CheckpointError, resolve_checkpoint_path
+
     settings, _ = parse_settings(script_settings, script, argv, description, help_from=help_from)
     configure_devices(settings)
     try:
+        if settings.tf1_checkpoint:
+            resolve_checkpoint_path(settings.tf1_checkpoint)  # a wrong path fails at once
+        if settings.eval_only:
+            from .evaluation import run_eval_only
+
+            run_eval_only(settings, build_model)
+            return
         trainer = Trainer(settings, build_model, script=script)
         trainer.fit()
-    except (TrainingError, cifar10_input.DatasetError) as e:
+    except (TrainingError, cifar10_input.DatasetError, TF1CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

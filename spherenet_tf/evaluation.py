@@ -1,0 +1,86 @@
+"""`--eval_only`: the test accuracy of a checkpoint, as the original printed it.
+
+Port of the test-set evaluation inside the original training scripts of "Deep
+Hyperspherical Learning" (Liu et al., NIPS 2017; wy1iu/SphereNet `train_spherenet.py`).
+
+Every training script accepts `--eval_only`: it builds the script's model with its
+settings, loads a checkpoint of the original TF1 code (`--tf1_checkpoint models/16000`,
+see `tf1_checkpoint`) or else the latest checkpoint of this port's own run in
+`model_file`, evaluates the whole test set in batches of `batch_test`, and prints the
+line the original training scripts print every 500 iterations:
+
+    ++++iteration_16000: test acc=0.9131
+
+(the original evaluates its checkpoints this way inside `train_spherenet.py`; its
+`test.py` is a leftover of another project).  Nothing is written, so `model_file` may be
+read-only.
+"""
+
+import os
+import re
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from . import cifar10_input
+from .tf1_checkpoint import load_tf1_checkpoint
+
+
+def evaluate_accuracy(model, images, labels, batch_size):
+    """Fraction of the test images whose argmax logit is the label (eval-mode BN)."""
+
+    @tf.function
+    def predict(x):
+        return tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+
+    correct = total = 0
+    for x, y in cifar10_input.test_dataset(images, labels, batch_size):
+        correct += int(np.sum(predict(x).numpy() == y.numpy()))
+        total += int(y.shape[0])
+    return correct / max(total, 1)
+
+
+def _load_port_checkpoint(model, model_file):
+    """Weights of this port's latest resume checkpoint in `model_file`; returns the
+    iteration it was written after."""
+    from .training import RESUME_DIR, TrainingError
+
+    folder = os.path.join(model_file, RESUME_DIR)
+    latest = tf.train.latest_checkpoint(folder)
+    if latest is None:
+        raise TrainingError(
+            f"--eval_only: no checkpoint of this port in {folder}. Give --tf1_checkpoint PATH "
+            "for a checkpoint of the original TF1 code (e.g. its models/16000), or --model_file "
+            "for the folder of a run of this port."
+        )
+    status = tf.train.Checkpoint(model=model).read(latest)
+    status.assert_existing_objects_matched().expect_partial()
+    # resume checkpoints are numbered with the next iteration to run
+    return int(re.search(r"(\d+)$", latest).group(1)) - 1, latest
+
+
+def run_eval_only(settings, build_model, data=None, out=None):
+    """Build the model, load the checkpoint, evaluate the whole test set and print the
+    original's test line to `out` (stdout); returns (iteration, accuracy)."""
+    from .training import TEST_LINE
+
+    out = out or sys.stdout
+    model = build_model(settings)
+    if settings.tf1_checkpoint:
+        info = load_tf1_checkpoint(model, settings.tf1_checkpoint)
+        iteration, source = info.iteration, info.summary()
+    else:
+        iteration, latest = _load_port_checkpoint(model, settings.model_file)
+        source = f"{latest} (this port's checkpoint)"
+    if data is None:
+        data = cifar10_input.load_cifar10(settings.data_path, download=settings.download)
+    _, (test_x, test_y) = data
+    print(f"{model.name}: evaluating {source} on {len(test_x)} test images", file=sys.stderr)
+    if iteration is None:
+        print("the checkpoint does not say its iteration (no Adam beta powers, no number in "
+              "its name): printing iteration 0", file=sys.stderr)
+        iteration = 0
+    accuracy = evaluate_accuracy(model, test_x, test_y, settings.batch_test)
+    print(TEST_LINE % (iteration, accuracy), file=out, flush=True)
+    return iteration, accuracy
