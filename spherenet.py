@@ -27,11 +27,21 @@ w_norm = 'none'
 widths = (128, 192, 256)
 # BatchNorm after fc6 (the original's examples/ have it; spherenet.py does not).
 fc6_bn = False
+# Beyond the original (README, "Beyond the original"); the defaults are the original's.
+# SphereNorm: cosine SphereConv with learnable rescaling towards the convolution.
+sphere_norm = False
+# BatchNorm after conv1_0 ... conv3_2 (set False e.g. with sphere_norm = True).
+bn = True
+# Decoupled operator h(|x|) g(theta) of conv1_0 ... fc6: 'none' (SphereConv), 'ball',
+# 'tanh', 'linear', 'seg', 'log' (Liu et al., "Decoupled Networks", CVPR 2018).
+magnitude = 'none'
 
 
-def build_spherenet(n_class=10, norm=norm, w_norm=w_norm, widths=widths, fc6_bn=fc6_bn):
+def build_spherenet(n_class=10, norm=norm, w_norm=w_norm, widths=widths, fc6_bn=fc6_bn,
+                    sphere_norm=sphere_norm, bn=bn, magnitude=magnitude):
     """SphereNet-9 as a Keras functional model: float images 0..255 -> logits [B, n_class]."""
     return build_cnn9(
         n_class, norm=norm, w_norm=w_norm, reg=False, orth=True,
         widths=widths, fc6_bn=fc6_bn, name="spherenet9",
+        bn=bn, sphere_norm=sphere_norm, magnitude=magnitude,
     )

@@ -2,6 +2,7 @@
 
     python train_spherenet.py                       # the original's run (64001 iterations)
     python train_spherenet.py --norm linear         # any setting below, without editing
+    python train_spherenet.py --loss ga_softmax --margin 1.5 --w_norm linear   # beyond the original
     python train_spherenet.py --help
 
 Prints the original's lines (`====iteration_...` every 100 iterations,

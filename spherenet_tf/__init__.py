@@ -16,6 +16,10 @@ from .layers import (
 from .losses import Loss2, loss2
 from .regularizers import L2Loss, orthogonality_loss
 
+# Beyond the original repository (imported here so that .keras files using them load).
+from .ga_softmax import GASoftmaxScore
+from .sphere_norm import SphereNorm2D
+
 __all__ = [
     "SphereConv2D",
     "batch_norm",
@@ -28,4 +32,6 @@ __all__ = [
     "loss2",
     "L2Loss",
     "orthogonality_loss",
+    "GASoftmaxScore",
+    "SphereNorm2D",
 ]

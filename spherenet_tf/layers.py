@@ -76,6 +76,17 @@ class SphereConv2D(keras.layers.Conv2D):
         the weight-normalised softmax logit), 'linear' or 'sigmoid'
         (|x| g(theta), the generalised angular softmax logit).  Applied before
         `norm`, as in the original.
+      magnitude: beyond the original: the decoupled operator h(|x|) * g(theta)
+        of "Decoupled Networks" (Liu et al., CVPR 2018; code wy1iu/DCNets), with
+        g the `norm` above and h: 'none' (SphereConv, h = 1, the default),
+        'ball' (min(|x|/rho, 1)), 'tanh' (tanh(|x|/rho)), 'linear' (|x|),
+        'seg' (|x| below rho, 0.5|x| + 0.5 rho above) or 'log' (log(1 + |x|)).
+        Needs `norm` other than 'none'.
+      rho: the radius of 'ball', 'tanh' and 'seg': 'batch_mean' (DCNets' default:
+        (r^2 + 1e-4) * mean |x|, with r a learnable weight per filter initialised
+        to 1 and mean |x| the patch-norm mean of the batch in training, its moving
+        average (decay 0.999, from zero) in inference), 'learned' ((r^2 + 1e-4)
+        alone) or a positive number (fixed).
       orth: add the original's orthogonality loss 2e-4 * l2_loss(W^T W - I) to the
         layer's losses.  It is also available on its own as `orthogonality_loss()`
         so a training loop can report it apart from weight decay.
@@ -85,7 +96,8 @@ class SphereConv2D(keras.layers.Conv2D):
         `kernel_constraint`, `activation`, `dilation_rate`, `name`, `dtype`, ...).
 
     Weights: `kernel` [k, k, C_in, filters], then for 'lr_sigmoid' `k_value`
-    [filters].
+    [filters]; for `magnitude` 'ball'/'tanh'/'seg' with a learnable rho, `radius`
+    [filters] and (rho='batch_mean') the non-trainable `xnorm_moving_mean` [].
 
     Input shape: [batch, H, W, C_in] (channels_last).
     Output shape: [batch, H_out, W_out, filters].
@@ -107,11 +119,21 @@ class SphereConv2D(keras.layers.Conv2D):
         orth=False,
         use_bias=False,
         kernel_initializer=None,
+        magnitude="none",
+        rho="batch_mean",
         **kwargs,
     ):
         name = type(self).__name__
         norm = validate_option(name, "norm", norm, sphere_ops.NORMS)
         w_norm = validate_option(name, "w_norm", w_norm, sphere_ops.W_NORMS)
+        magnitude = validate_option(name, "magnitude", magnitude, sphere_ops.MAGNITUDES)
+        rho = _validate_rho(name, rho)
+        if magnitude != "none" and norm == "none":
+            raise ValueError(
+                f"{name}: magnitude={magnitude!r} multiplies the angular output g(theta), "
+                f"so it needs an angular `norm`. Received: norm='none'. Use e.g. "
+                f"norm='cosine' (DCNets' TanhConv + cosine is magnitude='tanh', norm='cosine')."
+            )
         if not isinstance(orth, bool):
             raise ValueError(
                 f"Invalid value for `orth` argument of {name}: expected True or False. "
@@ -133,6 +155,10 @@ class SphereConv2D(keras.layers.Conv2D):
         self.norm = norm
         self.w_norm = w_norm
         self.orth = orth
+        self.magnitude = magnitude
+        self.rho = rho
+        self.radius = None
+        self.xnorm_moving_mean = None
         if self.data_format != "channels_last":
             raise ValueError(
                 f"{name} supports data_format='channels_last' only (the patch norm sums "
@@ -161,6 +187,19 @@ class SphereConv2D(keras.layers.Conv2D):
                 trainable=True,
                 dtype=self.dtype,
             )
+        if self.magnitude in sphere_ops.MAGNITUDES_WITH_RHO and isinstance(self.rho, str):
+            self.radius = self.add_weight(
+                name="radius",
+                shape=(self.filters,),
+                initializer=keras.initializers.Constant(sphere_ops.RHO_RADIUS_INIT),
+                trainable=True,
+                dtype=self.dtype,
+            )
+            if self.rho == "batch_mean":
+                self.xnorm_moving_mean = self.add_weight(
+                    name="xnorm_moving_mean", shape=(), initializer="zeros",
+                    trainable=False, autocast=False,
+                )
 
     def convolution_op(self, inputs, kernel):
         conv = super().convolution_op(inputs, kernel)
@@ -182,19 +221,57 @@ class SphereConv2D(keras.layers.Conv2D):
         """The original's orthogonality loss of this layer's filter (a scalar tensor)."""
         return regularizers.orthogonality_loss(self.kernel)
 
-    def call(self, inputs):
-        outputs = super().call(inputs)
+    def call(self, inputs, training=None):
+        if self.magnitude != "none":
+            outputs = self._decoupled_call(inputs, training)
+        else:
+            outputs = super().call(inputs)
         if self.orth:
             self.add_loss(self.orthogonality_loss())
         return outputs
 
-    # Conv2D saves only kernel and bias; k_value must travel too.
+    def _decoupled_call(self, inputs, training):
+        """h(|x|) * g(theta) (+ bias, activation): the `magnitude` path only."""
+        angular = self.convolution_op(inputs, self.kernel)
+        xnorm = sphere_ops.patch_norm(
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+        rho = self._rho(xnorm, training) if self.magnitude in sphere_ops.MAGNITUDES_WITH_RHO else None
+        h = sphere_ops.magnitude_function(xnorm, self.magnitude, rho)
+        outputs = tf.cast(tf.cast(angular, tf.float32) * h, angular.dtype)
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _rho(self, xnorm, training):
+        if not isinstance(self.rho, str):
+            return tf.constant(self.rho, tf.float32)
+        scale = sphere_ops.radius_to_rho_scale(tf.cast(self.radius, tf.float32))
+        if self.rho == "learned":
+            return scale
+        if training and self.trainable:
+            mean = tf.reduce_mean(xnorm)
+            # The moving average of DCNets' `xnorm_batch_norm`, with the BN weights.
+            self.xnorm_moving_mean.assign(
+                self.xnorm_moving_mean * BN_MOMENTUM + tf.stop_gradient(mean) * (1.0 - BN_MOMENTUM)
+            )
+        else:
+            mean = tf.convert_to_tensor(self.xnorm_moving_mean)
+        return scale * mean
+
+    # Conv2D saves only kernel and bias; k_value (and the decoupled operators'
+    # radius and moving mean) must travel too.
     def _saved_variables(self):
         variables = [self._kernel]
         if self.use_bias:
             variables.append(self.bias)
         if self.k_value is not None:
             variables.append(self.k_value)
+        for extra in (self.radius, self.xnorm_moving_mean):
+            if extra is not None:
+                variables.append(extra)
         return variables
 
     def save_own_variables(self, store):
@@ -219,8 +296,22 @@ class SphereConv2D(keras.layers.Conv2D):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"norm": self.norm, "w_norm": self.w_norm, "orth": self.orth})
+        config.update({"norm": self.norm, "w_norm": self.w_norm, "orth": self.orth,
+                       "magnitude": self.magnitude, "rho": self.rho})
         return config
+
+
+def _validate_rho(layer_name, rho):
+    if isinstance(rho, str) and rho in sphere_ops.RHO_MODES:
+        return rho
+    if isinstance(rho, (int, float, np.floating, np.integer)) and not isinstance(rho, bool):
+        if np.isfinite(rho) and rho > 0:
+            return float(rho)
+    raise ValueError(
+        f"Invalid value for `rho` argument of {layer_name}. Allowed values are: "
+        f"{', '.join(repr(m) for m in sphere_ops.RHO_MODES)} or a positive number. "
+        f"Received: rho={rho!r}."
+    )
 
 
 def batch_norm(name):
@@ -257,14 +348,18 @@ def conv_layer(
     reg=False,
     orth=False,
     w_norm="none",
+    layer_class=None,
+    **layer_options,
 ):
     """The original `_conv_layer`: SphereConv, then optional BN, then optional ReLU.
 
     Layer names follow the original scopes: the convolution is `name`, its BN
     `name_bn`, its ReLU `name_relu`.  `reg=True` adds the original's filter weight
     decay (5e-4 * l2_loss).  Arguments in the original's order and meaning.
+    Beyond the original: `layer_class` replaces SphereConv2D by a subclass (e.g.
+    `SphereNorm2D`) and `layer_options` (e.g. `magnitude='tanh'`) go to the layer.
     """
-    y = SphereConv2D(
+    y = (layer_class or SphereConv2D)(
         filters,
         kernel_size,
         strides=strides,
@@ -274,6 +369,7 @@ def conv_layer(
         orth=orth,
         kernel_regularizer=regularizers.L2Loss(regularizers.WEIGHT_DECAY) if reg else None,
         name=name,
+        **layer_options,
     )(x)
     if bn:
         y = batch_norm(f"{name}_bn")(y)

@@ -16,7 +16,7 @@ the score logits, shape [batch, n_class].
 import keras
 
 from .layers import conv_layer
-from .sphere_ops import NORMS, W_NORMS
+from .sphere_ops import MAGNITUDES, NORMS, W_NORMS
 from .layers import validate_option
 
 #: Input of every CIFAR model.
@@ -29,6 +29,25 @@ def _inputs(input_shape):
     # rounded once, so this gives the same bits as the original's expression.
     x = keras.layers.Rescaling(scale=1.0 / 128.0, offset=-127.5 / 128.0, name="normalize")(images)
     return images, x
+
+
+def _conv_options(builder, norm, sphere_norm, magnitude, rho):
+    """Layer class and options of the normalised convolutions (beyond the original:
+    SphereNorm, decoupled operators); the defaults give plain SphereConv2D."""
+    validate_option(builder, "magnitude", magnitude, MAGNITUDES)
+    if not isinstance(sphere_norm, bool):
+        raise ValueError(f"{builder}: `sphere_norm` must be True or False. Received: sphere_norm={sphere_norm!r}")
+    if not sphere_norm:
+        return {} if magnitude == "none" else {"magnitude": magnitude, "rho": rho}
+    if norm != "cosine" or magnitude != "none":
+        raise ValueError(
+            f"{builder}: sphere_norm=True is the cosine SphereConv with learnable rescaling "
+            f"(SphereNorm2D); it needs norm='cosine' and magnitude='none'. Received: "
+            f"norm={norm!r}, magnitude={magnitude!r}."
+        )
+    from .sphere_norm import SphereNorm2D
+
+    return {"layer_class": SphereNorm2D}
 
 
 def _logits(score):
@@ -46,6 +65,10 @@ def build_cnn9(
     fc6_bn=False,
     name="spherenet9",
     input_shape=IMAGE_SHAPE,
+    bn=True,
+    sphere_norm=False,
+    magnitude="none",
+    rho="batch_mean",
 ):
     """The original 9-layer CIFAR network (SphereNet-9 or the baseline CNN-9).
 
@@ -62,21 +85,30 @@ def build_cnn9(
       widths: filters of the three stages; the original's examples use (128, 196, 256).
       fc6_bn: BN after fc6 (the original's examples have it).
       name: model name.
+      bn: BN after conv1_0 ... conv3_2 (the original always has it).  Beyond the
+        original, for SphereNorm without BatchNorm.
+      sphere_norm: beyond the original: conv1_0 ... fc6 become `SphereNorm2D`
+        (cosine SphereConv with learnable rescaling towards the convolution);
+        needs norm='cosine'.  Use with bn=True or bn=False.
+      magnitude, rho: beyond the original: the decoupled operator of conv1_0 ...
+        fc6 (see `SphereConv2D`), e.g. magnitude='tanh'.
     """
     validate_option("build_cnn9", "norm", norm, NORMS)
     validate_option("build_cnn9", "w_norm", w_norm, W_NORMS)
+    options = _conv_options("build_cnn9", norm, sphere_norm, magnitude, rho)
     if len(widths) != 3:
         raise ValueError(f"build_cnn9: `widths` must list 3 stage widths. Received: widths={widths!r}")
     images, x = _inputs(input_shape)
     for stage, width in enumerate(widths, start=1):
         for i in range(3):
             x = conv_layer(
-                x, 3, width, f"conv{stage}_{i}", bn=True, relu=True, padding="same",
-                norm=norm, reg=reg, orth=orth,
+                x, 3, width, f"conv{stage}_{i}", bn=bn, relu=True, padding="same",
+                norm=norm, reg=reg, orth=orth, **options,
             )
         x = keras.layers.MaxPooling2D(2, 2, padding="same", name=f"pool{stage}")(x)
     x = conv_layer(
-        x, 4, 256, "fc6", bn=fc6_bn, relu=False, padding="valid", norm=norm, reg=reg, orth=orth
+        x, 4, 256, "fc6", bn=fc6_bn, relu=False, padding="valid", norm=norm, reg=reg, orth=orth,
+        **options,
     )
     score = conv_layer(
         x, 1, n_class, "score", bn=False, relu=False, padding="valid",
@@ -85,18 +117,19 @@ def build_cnn9(
     return keras.Model(images, _logits(score), name=name)
 
 
-def residual_unit(x, filters, strides, name, norm, reg, orth):
+def residual_unit(x, filters, strides, name, norm, reg, orth, bn=True, **options):
     """The original `_resnet_unit_v1`: two 3x3 convolutions plus a shortcut.
 
     `first` (stride `strides`, BN, ReLU) and `second` (stride 1, BN, no ReLU) use the
     unit's `norm`/`reg`/`orth`; the shortcut is the identity when the width does not
     change, else `shortcut`, a plain 1x1 convolution with stride, BN and weight decay.
-    Output: relu(residual + shortcut).
+    Output: relu(residual + shortcut).  Beyond the original, `bn=False` drops the
+    BN of `first` and `second` and `options` (SphereNorm, magnitude) go to them.
     """
-    residual = conv_layer(x, 3, filters, f"{name}_first", strides=strides, bn=True, relu=True,
-                          norm=norm, reg=reg, orth=orth)
-    residual = conv_layer(residual, 3, filters, f"{name}_second", strides=1, bn=True, relu=False,
-                          norm=norm, reg=reg, orth=orth)
+    residual = conv_layer(x, 3, filters, f"{name}_first", strides=strides, bn=bn, relu=True,
+                          norm=norm, reg=reg, orth=orth, **options)
+    residual = conv_layer(residual, 3, filters, f"{name}_second", strides=1, bn=bn, relu=False,
+                          norm=norm, reg=reg, orth=orth, **options)
     if x.shape[-1] == filters:
         shortcut = x
     else:
@@ -116,6 +149,10 @@ def build_resnet32(
     units_per_stage=5,
     name="sphere_resnet32",
     input_shape=IMAGE_SHAPE,
+    bn=True,
+    sphere_norm=False,
+    magnitude="none",
+    rho="batch_mean",
 ):
     """The original ResNet-32 for CIFAR-10+ (SphereResNet-32 or the plain ResNet-32).
 
@@ -125,16 +162,20 @@ def build_resnet32(
 
     Args mirror `build_cnn9`; `norm`, `reg` and `orth` apply to `root` and to the
     `first`/`second` convolutions of every unit (shortcut convolutions are always
-    plain with weight decay, as in the original).
+    plain with weight decay, as in the original).  `bn`, `sphere_norm`,
+    `magnitude` and `rho` (beyond the original) apply to the same convolutions.
     """
     validate_option("build_resnet32", "norm", norm, NORMS)
     validate_option("build_resnet32", "w_norm", w_norm, W_NORMS)
+    options = _conv_options("build_resnet32", norm, sphere_norm, magnitude, rho)
     images, x = _inputs(input_shape)
-    x = conv_layer(x, 3, widths[0], "root", bn=True, relu=True, norm=norm, reg=reg, orth=orth)
+    x = conv_layer(x, 3, widths[0], "root", bn=bn, relu=True, norm=norm, reg=reg, orth=orth,
+                   **options)
     for stage, width in enumerate(widths, start=1):
         for i in range(units_per_stage):
             strides = 2 if (stage > 1 and i == 0) else 1
-            x = residual_unit(x, width, strides, f"block{stage}_unit{i}", norm, reg, orth)
+            x = residual_unit(x, width, strides, f"block{stage}_unit{i}", norm, reg, orth,
+                              bn=bn, **options)
     x = keras.layers.AveragePooling2D(8, 1, padding="valid", name="avg_pool")(x)
     score = conv_layer(
         x, 1, n_class, "score", bn=False, relu=False, padding="valid",

@@ -295,3 +295,67 @@ def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k):
     # Divided in the original's order: first by the patch norm, then by the filter norm.
     cos = conv / xnorm / wnorm
     return angular_function(cos, norm, k)
+
+
+# ---------------------------------------------------------------------------
+# Decoupled operators (beyond the original repository)
+# ---------------------------------------------------------------------------
+# Liu, Liu, Yu, Dai, Lin, Wang, Rehg, Song, "Decoupled Networks", CVPR 2018
+# (arXiv:1804.08071), code wy1iu/DCNets: a convolution output is written as
+# f(w, x) = h(|x|) * g(theta), a magnitude function of the patch norm times an
+# angular function.  SphereConv is h = 1; the other magnitudes below are the
+# paper's operators with DCNets' constants.  Nothing here is used unless a layer
+# asks for a magnitude, so the original SphereConv arithmetic above is untouched.
+
+#: Magnitude functions h(|x|), by name.  'none' is SphereConv (h = 1).
+MAGNITUDES = ("none", "ball", "tanh", "linear", "seg", "log")
+#: The magnitudes whose shape depends on a radius rho.
+MAGNITUDES_WITH_RHO = ("ball", "tanh", "seg")
+#: How rho is obtained (a positive number gives a fixed rho):
+#: 'batch_mean' = (r^2 + 1e-4) * E[|x|], DCNets' CIFAR and ImageNet default;
+#: 'learned'    = r^2 + 1e-4, DCNets' ImageNet code with `xnorm_bn=False`.
+RHO_MODES = ("batch_mean", "learned")
+#: DCNets' `radius` variable: one per filter, initialised to 1, used as r^2 + 1e-4.
+RHO_RADIUS_INIT = 1.0
+RHO_RADIUS_EPS = 1e-4
+#: Slopes of SegConv below and above rho in DCNets' `seg_cos` code
+#: (h = |x| below rho, 0.5 |x| + 0.5 rho above: continuous at rho).
+SEG_SLOPE_BELOW = 1.0
+SEG_SLOPE_ABOVE = 0.5
+
+
+def radius_to_rho_scale(radius):
+    """DCNets' rho factor from the learnable radius: r^2 + 1e-4 (always positive)."""
+    return tf.square(radius) + RHO_RADIUS_EPS
+
+
+def magnitude_function(xnorm, magnitude, rho=None):
+    """h(|x|) of a decoupled operator for patch norms `xnorm` ([B, Ho, Wo, 1]).
+
+    - 'none':   1 (SphereConv)
+    - 'ball':   min(|x| / rho, 1)            (BallConv)
+    - 'tanh':   tanh(|x| / rho)              (TanhConv)
+    - 'linear': |x|                          (LinearConv)
+    - 'seg':    |x| if |x| < rho, else 0.5 |x| + 0.5 rho   (SegConv)
+    - 'log':    log(1 + |x|)                 (LogConv)
+
+    `rho` broadcasts against `xnorm` (e.g. one per filter, [C_out]).  BallConv is
+    computed as |x| / max(|x|, rho), DCNets' `conv / (rho + relu(|x| - rho))`.
+    """
+    if magnitude == "none":
+        return tf.ones_like(xnorm)
+    if magnitude == "linear":
+        return xnorm
+    if magnitude == "log":
+        return tf.math.log1p(xnorm)
+    if magnitude not in MAGNITUDES_WITH_RHO:
+        raise ValueError(f"magnitude_function: unknown magnitude {magnitude!r}; allowed: {MAGNITUDES}")
+    if rho is None:
+        raise ValueError(f"magnitude_function: magnitude {magnitude!r} needs rho")
+    if magnitude == "ball":
+        return xnorm / tf.maximum(xnorm, rho)
+    if magnitude == "tanh":
+        return tf.tanh(xnorm / rho)
+    return tf.where(
+        xnorm < rho, SEG_SLOPE_BELOW * xnorm, SEG_SLOPE_ABOVE * xnorm + (SEG_SLOPE_BELOW - SEG_SLOPE_ABOVE) * rho
+    )

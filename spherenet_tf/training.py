@@ -129,6 +129,9 @@ class Settings:
     download: bool = True
     tf1_checkpoint: str = ""
     eval_only: bool = False
+    # beyond the original (spherenet_tf/ga_softmax.py)
+    loss: str = "loss2"
+    margin: float = 1.0
 
 
 PORT_OPTIONS = {
@@ -158,6 +161,9 @@ PORT_OPTIONS = {
                       "and Adam state; a resume checkpoint in model_file takes precedence)",
     "eval_only": "only evaluate: print the test accuracy line of --tf1_checkpoint, or else "
                  "of model_file's latest checkpoint; writes nothing",
+    "loss": "loss2 (the original's) or ga_softmax (generalised angular softmax with an angular "
+            "margin; g is the score layer's --w_norm: linear, cosine or sigmoid)",
+    "margin": "angular margin m >= 1 of --loss ga_softmax (1 = no margin)",
 }
 
 
@@ -253,6 +259,8 @@ def parse_settings(script_settings, script, argv=None, description=None, extra_o
         target = group if name in block else port
         if name in ("norm", "w_norm") and name not in block:
             continue  # only scripts whose model has these switches accept them
+        if name in ("loss", "margin") and "w_norm" not in block:
+            continue  # GA-softmax needs a weight-normalised score (--w_norm)
         if name == "augmentation" and name not in block:
             continue
         if kind is bool:
@@ -303,6 +311,19 @@ def validate_settings(s, parser=None):
         close = difflib.get_close_matches(s.w_norm, W_NORMS, n=1)
         fail(f"--w_norm {s.w_norm!r} is not one of {', '.join(W_NORMS)}"
              + (f" (did you mean {close[0]!r}?)" if close else ""))
+    from .ga_softmax import G_FUNCTIONS, LOSSES
+
+    if s.loss not in LOSSES:
+        close = difflib.get_close_matches(s.loss, LOSSES, n=1)
+        fail(f"--loss {s.loss!r} is not one of {', '.join(LOSSES)}"
+             + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if not (math.isfinite(s.margin) and s.margin >= 1):
+        fail(f"--margin must be a number >= 1 (1 = no margin), got {s.margin}")
+    if s.loss == "loss2" and s.margin != 1:
+        fail(f"--margin {s.margin} needs --loss ga_softmax (loss2 has no margin)")
+    if s.loss == "ga_softmax" and s.w_norm not in G_FUNCTIONS:
+        fail(f"--loss ga_softmax needs a weight-normalised score layer: --w_norm one of "
+             f"{', '.join(G_FUNCTIONS)} (g of the logit |x| g(theta)), got --w_norm {s.w_norm!r}")
     if s.augmentation not in cifar10_input.AUGMENTATIONS:
         fail(f"--augmentation {s.augmentation!r} is not one of {', '.join(cifar10_input.AUGMENTATIONS)}")
     if s.progress not in ("auto", "on", "off"):
@@ -617,11 +638,23 @@ class Trainer:
         global_batch = s.batch_sz
         n_replicas = self.n_replicas
         variables = model.trainable_variables
+        margin_forward = None
+        if s.loss == "ga_softmax":  # beyond the original: loss on the margin logits
+            from .ga_softmax import margin_forward as make_margin_forward
+
+            try:
+                margin_forward = make_margin_forward(model, s.margin)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
 
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
-                logits = model(images, training=True)
-                per_example = loss2_per_example(labels, logits, s.n_class)
+                if margin_forward is None:
+                    logits = model(images, training=True)
+                    per_example = loss2_per_example(labels, logits, s.n_class)
+                else:
+                    logits, fit_logits = margin_forward(images, labels)
+                    per_example = loss2_per_example(labels, fit_logits, s.n_class)
                 # This replica's share of the batch mean, so that the all-reduced (summed)
                 # gradients are those of the original's mean over the global batch.
                 fit = tf.reduce_sum(per_example) / global_batch
