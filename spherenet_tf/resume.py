@@ -51,6 +51,24 @@ def fault_point(point, number):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_checkpoint(checkpoint, prefix, number=None):
+    """Write `checkpoint` to `prefix` (.index and .data-*) so that a kill at any moment
+    leaves either the complete files or none under that name: they are written under
+    a temporary name, flushed, then renamed, the index last.  `number` names the
+    SPHERENET_FAULT points of a resume checkpoint."""
+    directory, name = os.path.split(prefix)
+    tmp = os.path.join(directory, f".{name}.partial")
+    checkpoint.write(tmp)
+    for path in _files_of(tmp):
+        _fsync_path(path)
+    if number is not None:
+        fault_point("save_written", number)
+    for path in _files_of(tmp):  # data first, the index last
+        os.replace(path, prefix + path[len(tmp):])
+    _fsync_path(directory or ".", directory=True)
+    return prefix
+
+
 class CheckpointUnreadable(RuntimeError):
     """No candidate checkpoint could be read; the message lists each and why."""
 
@@ -129,15 +147,8 @@ class ResumeCheckpoints:
     def save(self, number):
         """Write checkpoint `number` crash-safely; returns its path prefix."""
         self.remove_partial()
-        final = os.path.join(self.directory, f"{PREFIX}-{number}")
-        tmp = os.path.join(self.directory, f".{PREFIX}-{number}.partial")
-        self.checkpoint.write(tmp)
-        for path in _files_of(tmp):
-            _fsync_path(path)
-        fault_point("save_written", number)
-        for path in _files_of(tmp):  # data first, the index last
-            os.replace(path, final + path[len(tmp):])
-        _fsync_path(self.directory, directory=True)
+        final = write_checkpoint(self.checkpoint, os.path.join(self.directory, f"{PREFIX}-{number}"),
+                                 number)
         fault_point("save_published", number)
         kept = [p for p in self.complete() if p != final][-(self.keep - 1):] + [final]
         self._write_state(kept)

@@ -38,7 +38,8 @@ from . import cifar10_input
 from .layers import regularization_terms
 from .losses import loss2_per_example
 from .checks import InputError, check_dataset
-from .resume import CheckpointUnreadable, ResumeCheckpoints, checkpoint_number, fault_point
+from .resume import (CheckpointUnreadable, ResumeCheckpoints, checkpoint_number, fault_point,
+                     write_checkpoint)
 
 LOG_LINE = "====iteration_%d: fit=%.4f, reg=%.4f, orth=%.4f, acc=%.4f"
 LOG_LINE_NO_ORTH = "====iteration_%d: fit=%.4f, reg=%.4f, acc=%.4f"
@@ -433,8 +434,8 @@ class RunLog:
             with open(path) as f:
                 for line in f:
                     m = re.match(pattern, line)
-                    if m and int(m.group(1)) > iteration:
-                        break
+                    if (m and int(m.group(1)) > iteration) or not line.endswith("\n"):
+                        break  # later lines, or a line a kill cut short
                     kept.append(line)
             _atomic_write_text(path, "".join(kept))
 
@@ -960,8 +961,10 @@ class Trainer:
         except Exception:  # noqa: BLE001 - the diagnosis must not hide the error itself
             pass
         concerned = nonfinite_source(self.model, fit, reg, orth, images)
+        what = ("the loss became" if not all(map(math.isfinite, (fit, reg, orth))) else
+                "a gradient became")
         raise TrainingError(
-            f"the loss became non-finite at iteration {first} (fit={fit:.6g}, reg={reg:.6g}, "
+            f"{what} non-finite at iteration {first} (fit={fit:.6g}, reg={reg:.6g}, "
             f"orth={orth:.6g}); first layer concerned: {concerned}. That step "
             + (f"and {count - 1} later non-finite one(s) were" if count > 1 else "was")
             + f" not applied; stopped before {when}. {self._last_good_checkpoint()}"
@@ -972,7 +975,7 @@ class Trainer:
         state (model, optimizer) as `model_file/<iteration>.index/.data-*`."""
         self._check_finite_weights("saving a snapshot")
         prefix = os.path.join(self._dir(writable=True), str(iteration))
-        self.checkpoint.write(prefix)
+        write_checkpoint(self.checkpoint, prefix)
 
     def save_final_model(self):
         self.check_nonfinite("saving the final model")

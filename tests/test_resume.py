@@ -15,7 +15,7 @@ import tensorflow as tf
 from fake_cifar import synthetic_images
 from spherenet_tf.models import build_cnn9
 from spherenet_tf.resume import CheckpointUnreadable, ResumeCheckpoints
-from spherenet_tf.training import SETTINGS_FILE, Settings, Trainer, TrainingError
+from spherenet_tf.training import SETTINGS_FILE, RunLog, Settings, Trainer, TrainingError
 
 
 # ---------------------------------------------------------------------------
@@ -83,6 +83,18 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage
     DAMAGES[damage](str(tmp_path / "resume" / "ckpt-3"))
     with pytest.raises(CheckpointUnreadable, match=r"ckpt-6: .*; .*ckpt-3: "):
         store.latest_readable()
+
+
+def test_the_log_is_cut_back_to_the_resumed_iteration_and_drops_a_torn_line(tmp_path):
+    lines = ["====iteration_5: fit=1.0000, reg=0.1000, orth=0.2000, acc=0.5000\n",
+             "++++iteration_5: test acc=0.1000\n",
+             "====iteration_10: fit=0.9000, reg=0.1000, orth=0.2000, acc=0.6000\n"]
+    (tmp_path / "training.log").write_text("".join(lines))
+    # a kill while writing iteration 15's record left '{"iteration": 1' behind
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 5, "fit": 1.0}\n{"iteration": 1')
+    RunLog(str(tmp_path / "training.log")).truncate_after(9)
+    assert (tmp_path / "training.log").read_text() == "".join(lines[:2])
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"iteration": 5, "fit": 1.0}\n'
 
 
 # ---------------------------------------------------------------------------
