@@ -207,7 +207,8 @@ def _grid(policy):
             yield config, structure, 1.0, m  # the input 1, the filter tiny or huge
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", [POLICIES[0]] + [pytest.param(p, marks=pytest.mark.slow)
+                                                     for p in POLICIES[1:]])
 @pytest.mark.parametrize("norm,w_norm", VARIANTS)
 def test_no_nan_or_inf_at_the_extremes(norm, w_norm, policy):
     for i, (config, structure, xm, wm) in enumerate(_grid(policy)):
