@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import numpy_reference as ref
 from conftest import REPORT
-from spherenet_tf import SphereConv2D
+from spherenet_tf import SphereConv2D, sphere_ops
 
 NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
 W_NORMS = ["none", "linear", "cosine", "sigmoid"]
@@ -234,6 +234,44 @@ def test_no_nan_or_inf_on_random_inputs(policy, variant, config, structure, x_ex
     check_case(*variant, config, policy, x, w, k_value)
 
 
+MAGNITUDE_CASES = [(m, r) for m in sphere_ops.MAGNITUDES if m != "none"
+                   for r in (["batch_mean", "learned", 2.0] if m in sphere_ops.MAGNITUDES_WITH_RHO
+                             else ["batch_mean"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("magnitude,rho", MAGNITUDE_CASES)
+def test_decoupled_operators_stay_finite_at_the_extremes(magnitude, rho):
+    """The `magnitude` operators h(|x|) g(theta) (Decoupled Networks), training and
+    inference, on the extremes: NaN/Inf in outputs and gradients counted (0 expected)."""
+    for norm in ["linear", "cosine", "sigmoid", "lr_sigmoid"]:
+        layer = SphereConv2D(FILTERS, 3, strides=2, padding="same", norm=norm, magnitude=magnitude, rho=rho)
+        layer.build(CONFIGS["strided"][3])
+        sources = [w for w in (layer.kernel, layer.k_value, layer.radius) if w is not None]
+
+        @tf.function
+        def run(x, w, training):
+            layer.kernel.assign(w)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(y * tf.cast(tf.range(FILTERS) % 2 * 2 - 1, y.dtype))
+            return [y] + tape.gradient(loss, [x] + sources)
+
+        mags = [0.0, 1e-20, 1.0, 1e20]
+        cases = [("random", xm, wm) for xm in mags for wm in mags[1:]]
+        cases += [(s, m, m) for s in ("parallel", "antiparallel", "zero_filter") for m in mags[1:]]
+        for i, (structure, xm, wm) in enumerate(cases):
+            x, w, _ = make_case("strided", structure, xm, wm, seed=i, policy="float32")
+            for training in (True, False):
+                COUNTS["tried"] += 1
+                arrays = [np.asarray(t) for t in run(tf.constant(x), tf.constant(w), training)]
+                bad = sum(int(np.sum(~np.isfinite(a))) for a in arrays)
+                COUNTS["values"] += sum(a.size for a in arrays)
+                COUNTS["nonfinite"] += bad
+                assert bad == 0, (magnitude, rho, norm, structure, xm, wm, training)
+
+
 def test_a_mixed_precision_model_stays_finite():
     """The global 'mixed_float16' policy: the angle layers compute in float32 (their
     filters stay float32, their float16 inputs are widened exactly), plain ones in
@@ -272,8 +310,6 @@ def test_spherical_layers_opt_out_of_float16_compute_only():
 def test_the_rescaled_filter_keeps_every_bit():
     """Convolving with W / 2**k and dividing by |W| / 2**k gives the unscaled formula's
     outputs and gradients bit for bit (the golden tests depend on it)."""
-    from spherenet_tf import sphere_ops
-
     rng = np.random.RandomState(3)
     x = tf.constant(rng.standard_normal((2, 6, 6, 3)).astype(np.float32) * 30)
     w = tf.constant(rng.standard_normal((3, 3, 3, 4)).astype(np.float32) * 0.2)
@@ -320,7 +356,7 @@ def test_huge_inputs_and_filters_give_the_unscaled_angle():
                                    atol=1e-6 * max(1.0, np.abs(expected).max()))
 
 
-REPORT["numerical safety (SphereConv2D, every norm x w_norm)"] = lambda: (
+REPORT["numerical safety (SphereConv2D: every norm x w_norm, and the decoupled magnitudes)"] = lambda: (
     f"{COUNTS['tried']} inputs tried, {COUNTS['values']} output/gradient values checked, "
     f"{COUNTS['nonfinite']} NaN/Inf found; {COUNTS['not_representable']} inputs skipped as not "
     "representable (a plain convolution's exact result, or a float16 input, beyond the dtype); "
