@@ -156,7 +156,8 @@ PORT_OPTIONS = {
                "model_file (default: continue it)",
     "deterministic": "enable TF's deterministic ops (bit-reproducible runs, slower)",
     "mixed_precision": "mixed precision: float16 compute with loss scaling on GPUs, bfloat16 "
-                       "on CPUs; variables, SphereConv norms and angles, BN and the loss stay float32",
+                       "on CPUs; variables, SphereConv norms and angles, BN and the loss stay float32 "
+                       "(under float16, SphereConvs with an angle compute entirely in float32)",
     "jit_compile": "compile the training step with XLA",
     "progress": "progress bar on stderr: auto (when stderr is a terminal), on, off",
     "download": "download CIFAR-10 into data_path when it is missing (needs internet)",
