@@ -921,7 +921,7 @@ class Trainer:
             raise TrainingError(
                 f"{self.s.model_file} holds a run with other settings ({'; '.join(diffs)}), so "
                 "it cannot be resumed with these. Use another --model_file, or --restart to "
-                "start over (its checkpoints will be overwritten)."
+                "start over (deletes its resume checkpoints)."
             )
 
     def save_resume_checkpoint(self):
