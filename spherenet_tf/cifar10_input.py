@@ -22,6 +22,7 @@ replicas or workers that share it.
 
 import argparse
 import os
+import re
 import socket
 import sys
 
@@ -115,12 +116,21 @@ def load_tfds(data_path, download=True):
         raise DatasetError(
             f"tensorflow-datasets is not installed ({e}); pip install -r requirements.txt"
         ) from e
-    builder = tfds.builder("cifar10", data_dir=data_path)
     try:
+        builder = tfds.builder("cifar10", data_dir=data_path)
         return _read_tfds(builder)
     except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as missing:
         # tfds says "could not find data": fall through to the download.
         reason = missing
+    except Exception as e:  # noqa: BLE001 - DataLossError, json/proto ParseError, ...
+        # The data is there but cannot be read: truncated or corrupt records, or
+        # metadata that does not match them.  Downloading over it would not help.
+        raise DatasetError(
+            f"The tensorflow-datasets copy of CIFAR-10 in {data_path} is corrupt or incomplete "
+            f"({type(e).__name__}: {_error_text(e)}). Delete "
+            f"{os.path.join(data_path, 'cifar10')} and prepare it again: "
+            + SETUP_HINT.format(path=data_path)
+        ) from None
     if not download:
         raise DatasetError(f"No CIFAR-10 data in {data_path} ({reason}). " + SETUP_HINT.format(path=data_path))
     if not _network_reachable():
@@ -132,6 +142,15 @@ def load_tfds(data_path, download=True):
     print(f"Downloading CIFAR-10 into {data_path} (tensorflow-datasets) ...", file=sys.stderr)
     builder.download_and_prepare()
     return _read_tfds(builder)
+
+
+def _error_text(error):
+    """The informative part of a (TensorFlow) exception's message, on one line."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    text = " ".join(text.split())
+    return text[:300]
 
 
 def _read_tfds(builder):

@@ -42,6 +42,23 @@ def validate_option(layer_name, argument, value, allowed):
     )
 
 
+def _no_float16_compute(dtype):
+    """The dtype policy of a SphereConv with an angular function: `dtype` (or the global
+    policy), except that a float16 compute dtype becomes float32.
+
+    Numerical safety under 'mixed_float16' (README, "Differences from the original"):
+    float16 stops at 65504, so a float16 x.W overflows for large patches or filters
+    and the backward pass of near-parallel patches overflows too.  Such a layer takes
+    the float16 inputs (exactly widened) and returns float32; the next layer casts
+    back.  bfloat16 has float32's range and keeps its compute dtype, as do plain
+    convolutions (norm = w_norm = 'none').
+    """
+    policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+    if policy.compute_dtype == "float16":
+        return "float32"
+    return dtype
+
+
 def original_kernel_initializer():
     """N(0, sqrt(2 / (k*k*C_in))), not truncated: the original's filter initialiser."""
     return keras.initializers.VarianceScaling(
@@ -141,6 +158,8 @@ class SphereConv2D(keras.layers.Conv2D):
             )
         if isinstance(padding, str):
             padding = padding.lower()
+        if norm != "none" or w_norm != "none":
+            kwargs["dtype"] = _no_float16_compute(kwargs.get("dtype"))
         if kernel_initializer is None:
             kernel_initializer = original_kernel_initializer()
         super().__init__(
@@ -202,18 +221,25 @@ class SphereConv2D(keras.layers.Conv2D):
                 )
 
     def convolution_op(self, inputs, kernel):
-        conv = super().convolution_op(inputs, kernel)
         if not self._is_spherical:
-            return conv
+            return super().convolution_op(inputs, kernel)
+        # The convolution and the filter norm use the filter rescaled by a power of two
+        # to max|W| ~ 1 (`sphere_ops.kernel_scale`): the cosine keeps every bit, and
+        # neither x.W nor the norm's gradient can overflow when inputs are large and
+        # filters large or small (README, "Differences from the original").
+        w_scale = sphere_ops.kernel_scale(kernel)
+        scaled_kernel = kernel / w_scale
+        conv = super().convolution_op(inputs, scaled_kernel)
         xnorm = sphere_ops.patch_norm(
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )
-        wnorm = sphere_ops.filter_norm(kernel)
+        wnorm = sphere_ops.scaled_filter_norm(scaled_kernel, tf.cast(w_scale, tf.float32))
         k = None
         if self.norm == "lr_sigmoid":
             k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
         out = sphere_ops.sphere_response(
-            tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k
+            tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k,
+            w_scale=tf.cast(w_scale, tf.float32),
         )
         return tf.cast(out, conv.dtype)
 

@@ -48,6 +48,7 @@ _ACOS_GRAD_MIN = float(np.finfo(np.float32).eps)
 # the normal range are those of |x| < 4.7e-10, which are far below half an ulp of the
 # 1e-4 added to every sum.
 _NORM_SCALE = 2.0**-32
+_FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def sigmoid_constant(k):
@@ -72,13 +73,17 @@ def safe_acos(c):
     Forward: acos(clip(c, -1, 1)), equal to tf.acos wherever tf.acos is finite.
     Backward: -1/sqrt(max(1 - c^2, 2**-23)), equal to TF's gradient wherever that
     is finite; at |c| = 1 (exactly parallel or anti-parallel input and filter) TF's
-    is infinite and this one is about 2.9e3.
+    is infinite and this one is about 2.9e3.  Beyond [-1, 1] (a `w_norm` applied
+    before a `norm` gives "cosines" that are not bounded) the clipped forward is
+    constant and the gradient is its derivative, 0: chaining two 2.9e3 factors there
+    overflowed float16 input gradients.
     """
     y = tf.acos(tf.clip_by_value(c, -1.0, 1.0))
 
     def grad(dy):
         one_minus_c2 = tf.maximum(1.0 - tf.square(c), _ACOS_GRAD_MIN)
-        return -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
+        g = -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
+        return tf.where(tf.abs(c) > 1.0, tf.zeros_like(g), g)
 
     return y, grad
 
@@ -153,6 +158,49 @@ def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation
         x * x, ones, strides=list(strides), padding=padding.upper(), dilations=list(dilation_rate)
     )
     return tf.sqrt(conv + NORM_EPS)
+
+
+def kernel_scale(kernel):
+    """Per filter, a power of two s such that max|filter / s| lies in (1/2, 1] (s = 1
+    for an all-zero filter): shape [1, 1, 1, C_out], the kernel's dtype, no gradient.
+
+    `SphereConv2D` convolves with kernel / s and divides by the norms of the rescaled
+    filters (`scaled_filter_norm`): the cosine is the same to the last bit (dividing a
+    filter and its norm by a power of two changes no rounding), while x.W cannot
+    overflow (inputs and filters both near 1e20 gave Inf / Inf = NaN), tiny filters
+    do not underflow, and the gradients in the rescaled units stay in range.
+    """
+    w = tf.cast(kernel, tf.float32)
+    maxabs = tf.stop_gradient(tf.reduce_max(tf.abs(w), axis=[0, 1, 2], keepdims=True))
+    exponent = tf.math.ceil(tf.math.log(maxabs) / math.log(2.0))
+    exponent = tf.where(maxabs > 0, tf.clip_by_value(exponent, -126.0, 127.0), 0.0)
+    bits = (tf.cast(exponent, tf.int32) + 127) * (2**23)  # exactly 2**exponent
+    return tf.cast(tf.bitcast(bits, tf.float32), kernel.dtype)
+
+
+def scaled_filter_norm(scaled_kernel, scale):
+    """filter_norm(scaled_kernel * scale) / scale, computed from the rescaled kernel.
+
+    With scale = `kernel_scale(kernel)` (every filter's largest entry in (1/2, 1]) the
+    sum of squares can neither overflow nor underflow, and neither can its gradient
+    (the 2**-32 form of `filter_norm` multiplies the incoming gradient by 2**63 / |W|
+    on the way, which overflowed for large inputs and small filters).  For ordinary
+    values the result has the bits of filter_norm(kernel) / scale.
+    """
+    w = tf.cast(scaled_kernel, tf.float32)
+    sumsq = tf.reduce_sum(tf.square(w), axis=[0, 1, 2], keepdims=True)
+    # Filters with entries below 1 (scale < 1): sqrt(sum W^2 + 1e-4) / scale, the
+    # original's formula (the 1e-4 in rescaled units, 1e-4 / scale^2, would overflow
+    # for filters below ~1e-17).  Larger filters: sqrt(sum + 1e-4 / scale^2), whose
+    # 1e-4 term is kept at least the smallest normal float (above ~1e19 it is far
+    # below half an ulp of any nonzero filter's sum, and keeps a zero filter's norm
+    # nonzero).  Each branch sees only scales it can take, so no gradient is NaN.
+    small = scale < 1.0
+    s_small = tf.where(small, scale, 1.0)
+    s_large = tf.where(small, 1.0, scale)
+    norm_small = tf.sqrt(sumsq * s_small * s_small + NORM_EPS) / s_small
+    norm_large = tf.sqrt(sumsq + tf.maximum(NORM_EPS / s_large / s_large, _FLT_MIN))
+    return tf.where(small, norm_small, norm_large)
 
 
 def filter_norm(kernel):
@@ -250,7 +298,7 @@ def _normalised_response(norm):
 _RESPONSES = {}
 
 
-def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
+def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None):
     """Turn a plain convolution output into the SphereConv output.
 
     Args:
@@ -261,6 +309,9 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
       w_norm: weight-normalised score function, one of `W_NORMS`, applied first as
         in the original (it is meant for `norm='none'`, e.g. the score layer).
       k: the per-filter k (|k_value| + 0.05) for `norm='lr_sigmoid'`.
+      w_scale: when given, `conv` and `wnorm` are those of the filters W / w_scale
+        (`kernel_scale`, one power of two per filter).  Every response is the same for
+        W and W / w_scale except a `norm` applied after a `w_norm`, which this corrects.
 
     `w_norm='cosine'` gives conv/|W| = |x| cos(theta), exactly as the original.
     `w_norm='linear'|'sigmoid'` give the generalised angular softmax logit
@@ -278,10 +329,10 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None):
         if norm != "lr_sigmoid":
             k = tf.zeros([], tf.float32)
         return _RESPONSES[norm](conv, xnorm, wnorm, k)
-    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k)
+    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale)
 
 
-def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k):
+def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale=None):
     """`sphere_response` written as plain TF expressions (autodiff gradient)."""
     if w_norm == "cosine":
         conv = conv / wnorm
@@ -294,6 +345,10 @@ def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k):
         return conv
     # Divided in the original's order: first by the patch norm, then by the filter norm.
     cos = conv / xnorm / wnorm
+    if w_scale is not None and w_norm != "none":
+        # the w_norm output above does not depend on the filter's scale, so dividing it
+        # by the rescaled filter's norm left a factor w_scale too many
+        cos = cos / w_scale
     return angular_function(cos, norm, k)
 
 

@@ -37,6 +37,9 @@ import tensorflow as tf
 from . import cifar10_input
 from .layers import regularization_terms
 from .losses import loss2_per_example
+from .checks import InputError, check_dataset
+from .resume import (CheckpointUnreadable, ResumeCheckpoints, checkpoint_number, fault_point,
+                     write_checkpoint)
 
 LOG_LINE = "====iteration_%d: fit=%.4f, reg=%.4f, orth=%.4f, acc=%.4f"
 LOG_LINE_NO_ORTH = "====iteration_%d: fit=%.4f, reg=%.4f, acc=%.4f"
@@ -139,8 +142,8 @@ PORT_OPTIONS = {
                 "default strategy on CPU), mirrored, multi_worker (TF_CONFIG), one_device",
     "gpus": "GPUs to use, e.g. '0' or '0,1' (sets CUDA_VISIBLE_DEVICES as the original "
             "scripts did); empty = leave the environment alone",
-    "cpu_replicas": "split the CPU into this many logical devices (to try distribution "
-                    "without GPUs; with --strategy mirrored)",
+    "cpu_replicas": "split the CPU into this many logical devices, one replica each (to try "
+                    "distribution without GPUs; with --strategy auto or mirrored)",
     "bn_per_replica": "compute BN batch statistics on each replica's share of the batch "
                       "(default: over the whole global batch, as the original's single GPU did)",
     "seed": "seed of the data order, augmentation and initial weights",
@@ -149,10 +152,12 @@ PORT_OPTIONS = {
     "save_every": "iterations between checkpoints model_file/<iteration> (original: 16000)",
     "checkpoint_every": "iterations between resume checkpoints in model_file/resume/ "
                         "(a killed run loses at most this many)",
-    "restart": "ignore a previous run's resume state in model_file and start from iteration 0",
+    "restart": "start from iteration 0, deleting a previous run's resume checkpoints in "
+               "model_file (default: continue it)",
     "deterministic": "enable TF's deterministic ops (bit-reproducible runs, slower)",
     "mixed_precision": "mixed precision: float16 compute with loss scaling on GPUs, bfloat16 "
-                       "on CPUs; variables, SphereConv norms and angles, BN and the loss stay float32",
+                       "on CPUs; variables, SphereConv norms and angles, BN and the loss stay float32 "
+                       "(under float16, SphereConvs with an angle compute entirely in float32)",
     "jit_compile": "compile the training step with XLA",
     "progress": "progress bar on stderr: auto (when stderr is a terminal), on, off",
     "download": "download CIFAR-10 into data_path when it is missing (needs internet)",
@@ -354,10 +359,24 @@ def configure_devices(settings):
 
 
 def make_strategy(name, cpu_replicas=1):
-    """A tf.distribute strategy from its name (see PORT_OPTIONS['strategy'])."""
+    """A tf.distribute strategy from its name (see PORT_OPTIONS['strategy']).
+
+    Call it before anything else touches TensorFlow: MultiWorkerMirroredStrategy
+    must configure the collective ops before the runtime starts.
+    """
+    if name == "multi_worker":
+        from .checks import check_tf_config
+
+        check_tf_config(os.environ.get("TF_CONFIG"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        if cpu_replicas > 1:  # --cpu_replicas asks for replicas: honour it (as 'mirrored')
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+            return tf.distribute.MirroredStrategy(cpus[:cpu_replicas])
+        return tf.distribute.get_strategy()
     if name == "mirrored":
         if gpus:
             return tf.distribute.MirroredStrategy()
@@ -365,13 +384,6 @@ def make_strategy(name, cpu_replicas=1):
         return tf.distribute.MirroredStrategy(cpus[:max(cpu_replicas, 1)])
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "--strategy multi_worker needs the TF_CONFIG environment variable describing "
-                "the cluster (see README, 'Several machines'). It is not set."
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
 
 
@@ -423,8 +435,8 @@ class RunLog:
             with open(path) as f:
                 for line in f:
                     m = re.match(pattern, line)
-                    if m and int(m.group(1)) > iteration:
-                        break
+                    if (m and int(m.group(1)) > iteration) or not line.endswith("\n"):
+                        break  # later lines, or a line a kill cut short
                     kept.append(line)
             _atomic_write_text(path, "".join(kept))
 
@@ -513,6 +525,56 @@ class TrainingError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+class WorkerLost(TrainingError):
+    """A multi-worker run lost a worker; restarting every worker resumes it (exit code 75)."""
+
+
+#: Exit codes of `main`: bad input or a failed run, and a lost worker (restart all).
+EXIT_ERROR = 2
+EXIT_RESTART = 75  # EX_TEMPFAIL: starting again with the same command continues the run
+
+
+def _nonfinite_flag(fit, reg, orth, grads, loss_scaled):
+    """1.0 if this replica's loss terms, or (without loss scaling) any gradient, hold
+    NaN/Inf, else 0.0.  With loss scaling, LossScaleOptimizer handles overflowing
+    gradients itself (it skips the step and lowers the scale)."""
+    ok = tf.reduce_all(tf.math.is_finite(tf.stack([fit, reg, orth])))
+    if not loss_scaled:
+        ok = tf.logical_and(ok, tf.reduce_all(
+            tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])))
+    return 1.0 - tf.cast(ok, tf.float32)
+
+
+def nonfinite_source(model, fit, reg, orth, images=None):
+    """Best guess of where a NaN/Inf loss came from, as text.
+
+    In this order: the first layer (model order) whose weights hold NaN/Inf (BN moving
+    averages included: a non-finite forward pass updates them right after its
+    source); for a non-finite `reg` or `orth`, the first variable whose weight decay
+    or layer whose orthogonality loss overflows; the first layer whose inference
+    output on `images` (the batch of the step) is not finite.
+    """
+    from .layers import sphere_conv_layers
+
+    found = first_nonfinite_layer(model)
+    if found:
+        return found
+    if not math.isfinite(reg):
+        for variable in model.trainable_variables:
+            regularizer = getattr(variable, "regularizer", None)
+            if regularizer is not None and not np.isfinite(float(regularizer(variable))):
+                return f"{variable.path} (its weight decay overflows: weights too large, lower --lr)"
+    if not math.isfinite(orth):
+        for layer in sphere_conv_layers(model):
+            if layer.orth and not np.isfinite(float(layer.orthogonality_loss())):
+                return f"{layer.name} (its orthogonality loss overflows: filters too large, lower --lr)"
+    found = first_nonfinite_layer(model, images) if images is not None else None
+    if found:
+        return found
+    return ("none of the layers' weights or inference outputs: the overflow is in the "
+            "training-mode forward pass, the loss or the gradients")
+
+
 def model_has_orth(model):
     from .layers import sphere_conv_layers
 
@@ -525,13 +587,13 @@ def first_nonfinite_layer(model, images=None):
     for layer in model.layers:
         for w in layer.weights:
             if not np.all(np.isfinite(w.numpy())):
-                return f"{layer.name} (weight {w.name})"
+                return f"{layer.name} (its weight {w.name!r} holds NaN/Inf)"
     if images is not None:
         outputs = [l.output for l in model.layers[1:]]
         probe = keras.Model(model.inputs, outputs)
         for layer, value in zip(model.layers[1:], probe(images, training=False)):
             if not np.all(np.isfinite(np.asarray(value))):
-                return f"{layer.name} (output)"
+                return f"{layer.name} (its inference output on the step's batch is NaN/Inf)"
     return None
 
 
@@ -548,12 +610,12 @@ class Trainer:
     def __init__(self, settings, build_model, data=None, script=None):
         self.s = s = settings
         self.script = script
+        self.strategy = make_strategy(s.strategy, s.cpu_replicas)  # first: see make_strategy
         if s.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(s.seed)
         self.precision_policy = precision_policy(s.mixed_precision)
         keras.mixed_precision.set_global_policy(self.precision_policy)
-        self.strategy = make_strategy(s.strategy, s.cpu_replicas)
         self.n_replicas = self.strategy.num_replicas_in_sync
         for name in ("batch_sz", "batch_test"):
             value = getattr(s, name)
@@ -574,8 +636,6 @@ class Trainer:
 
         if data is None:
             data = cifar10_input.load_cifar10(s.data_path, download=s.download)
-        (self.train_x, self.train_y), (self.test_x, self.test_y) = data
-        self.n_test = len(self.test_x)
 
         with self.strategy.scope():
             self.model = build_model(s)
@@ -589,12 +649,24 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+            # [iteration of the first non-finite step or -1, number of such steps]
+            # and [fit, reg, orth] of the first one (see _build_functions).
+            self._nonfinite = tf.Variable([-1, 0], dtype=tf.int64, trainable=False)
+            self._nonfinite_values = tf.Variable([0.0, 0.0, 0.0], trainable=False)
+        try:
+            data = check_dataset(data, s.n_class, self.model.input_shape[1:], s.batch_sz)
+        except InputError as e:
+            raise TrainingError(str(e)) from None
+        (self.train_x, self.train_y), (self.test_x, self.test_y) = data
+        self.n_test = len(self.test_x)
         self.has_orth = model_has_orth(self.model)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self._dir(writable=True), RESUME_DIR), max_to_keep=2,
-            checkpoint_name="ckpt",
+        self.resume = ResumeCheckpoints(
+            self.checkpoint, os.path.join(self._dir(writable=True), RESUME_DIR),
+            read_directory=os.path.join(s.model_file, RESUME_DIR),
         )
+        if self.is_chief:
+            self.resume.remove_partial()
         self._build_functions()
 
     # -- files ---------------------------------------------------------------
@@ -663,22 +735,44 @@ class Trainer:
                 if self.precision_policy == "mixed_float16":
                     loss = optimizer.scale_loss(loss)
             grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables))
             predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
             correct = tf.reduce_sum(tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32))
-            return fit, reg, orth, correct
+            loss_scaled = self.precision_policy == "mixed_float16"
+            return fit, reg, orth, correct, grads, _nonfinite_flag(fit, reg, orth, grads, loss_scaled)
+
+        def replica_apply(grads):
+            optimizer.apply_gradients(zip(grads, variables))
 
         if s.jit_compile:
             replica_step = tf.function(replica_step, jit_compile=True)
 
+        nonfinite, nonfinite_values = self._nonfinite, self._nonfinite_values
+
         @tf.function
         def train_step(iterator):
             images, labels = next(iterator)
-            fit, reg, orth, correct = strategy.run(replica_step, args=(images, labels))
+            fit, reg, orth, correct, grads, bad = strategy.run(replica_step, args=(images, labels))
             sum_, mean = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
-            return (strategy.reduce(sum_, fit, axis=None), strategy.reduce(mean, reg, axis=None),
-                    strategy.reduce(mean, orth, axis=None),
-                    strategy.reduce(sum_, correct, axis=None) / global_batch)
+            fit, reg, orth = (strategy.reduce(sum_, fit, axis=None), strategy.reduce(mean, reg, axis=None),
+                              strategy.reduce(mean, orth, axis=None))
+            # A step whose loss (or, in float32, gradient) is NaN/Inf on any replica is not
+            # applied: the weights stay those of the last good iteration, for the
+            # diagnosis and the checkpoints; the loop stops at its next check.
+            ok = tf.equal(strategy.reduce(sum_, bad, axis=None), 0.0)
+
+            def apply():
+                strategy.run(replica_apply, args=(grads,))
+                return tf.constant(True)
+
+            def record():
+                first = tf.where(nonfinite[0] < 0, optimizer.iterations, nonfinite[0])
+                nonfinite.assign(tf.stack([first, nonfinite[1] + 1]))
+                nonfinite_values.assign(tf.where(nonfinite[1] == 1, tf.stack([fit, reg, orth]),
+                                                 nonfinite_values))
+                return tf.constant(False)
+
+            tf.cond(ok, apply, record)
+            return fit, reg, orth, strategy.reduce(sum_, correct, axis=None) / global_batch
 
         def replica_eval(images, labels):
             logits = model(images, training=False)
@@ -741,15 +835,42 @@ class Trainer:
 
     def restore_resume_state(self):
         """Continue a previous run of the same settings from its last resume checkpoint.
-        Returns the iteration it resumes at (0 for a fresh run)."""
-        latest = self.manager.latest_checkpoint
-        if self.is_chief is False:
-            chief_manager_dir = os.path.join(self.s.model_file, RESUME_DIR)
-            latest = tf.train.latest_checkpoint(chief_manager_dir)
-        if self.s.restart or latest is None:
+        Returns the iteration it resumes at (0 for a fresh run).
+
+        The newest checkpoint that reads in full is used: one torn by a crash is
+        reported and skipped (the one before it is intact, see `resume`).
+        """
+        folder = os.path.join(self.s.model_file, RESUME_DIR)
+        if self.s.restart:
+            if self.is_chief:
+                self.resume.clear()
+            return self._start_from_tf1_checkpoint() if self.s.tf1_checkpoint else 0
+        try:
+            latest = self.resume.latest_readable(report=self.log.note)
+        except CheckpointUnreadable as e:
+            raise TrainingError(
+                f"no resume checkpoint in {folder} can be read ({e}). They were damaged (a full "
+                "disk or failing storage?). Start over with --restart (deletes them), or use "
+                "another --model_file."
+            ) from None
+        if latest is None:
             return self._start_from_tf1_checkpoint() if self.s.tf1_checkpoint else 0
         self._check_settings_compatible()
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            self.checkpoint.read(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise TrainingError(
+                f"resume checkpoint {latest} does not fit the model {self.model.name!r} ({reason}): "
+                "it was written by another model or other settings. Use another --model_file, "
+                "or --restart to start over (deletes the old checkpoints)."
+            ) from None
+        if self.iteration != checkpoint_number(latest):
+            raise TrainingError(
+                f"resume checkpoint {latest} holds iteration {self.iteration}, not "
+                f"{checkpoint_number(latest)}: it was renamed or mixed with another run's. Use "
+                "another --model_file, or --restart to start over."
+            )
         return self.iteration
 
     def _start_from_tf1_checkpoint(self):
@@ -762,6 +883,29 @@ class Trainer:
         if self.is_chief:
             self.log.start_fresh()
         return self.iteration
+
+    def _check_workers_agree(self, start):
+        """All workers of a multi-worker run must resume at the same iteration (they read
+        the chief's checkpoints, so model_file must be shared storage)."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return
+        value = tf.constant([float(start), float(start) ** 2], tf.float64)
+
+        @tf.function
+        def all_workers_sum():
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                        self.strategy.run(lambda: tf.identity(value)), axis=None)
+
+        total = all_workers_sum()
+        n = self.n_replicas
+        if not np.array_equal(total.numpy(), [start * n, start**2 * n]):
+            raise TrainingError(
+                f"worker {self.task_id} would resume at iteration {start}, but the workers do not "
+                f"agree (mean {total.numpy()[0] / n:g}): every worker must see the chief's "
+                f"{os.path.join(self.s.model_file, RESUME_DIR)}, so model_file must be on storage "
+                "shared by all machines (README, 'Several machines'), and every worker must be "
+                "started with the same command."
+            )
 
     def _check_settings_compatible(self):
         path = os.path.join(self.s.model_file, SETTINGS_FILE)
@@ -777,30 +921,65 @@ class Trainer:
             raise TrainingError(
                 f"{self.s.model_file} holds a run with other settings ({'; '.join(diffs)}), so "
                 "it cannot be resumed with these. Use another --model_file, or --restart to "
-                "start over (its checkpoints will be overwritten)."
+                "start over (deletes its resume checkpoints)."
             )
 
     def save_resume_checkpoint(self):
         self._check_finite_weights("saving a checkpoint")
-        self.manager.save(checkpoint_number=self.iteration)
+        self.resume.save(self.iteration)
+
+    def _last_good_checkpoint(self):
+        good = self.resume.complete(self.resume.read_directory)
+        where = os.path.join(self.s.model_file, RESUME_DIR)
+        return (f"The last good checkpoint, {good[-1]}, is kept: resuming repeats the same "
+                "iterations, so lower --lr or fix the data or model first." if good else
+                f"No checkpoint had been written yet in {where}.")
 
     def _check_finite_weights(self, when):
+        self.check_nonfinite(when)
         bad = first_nonfinite_layer(self.model)
         if bad:
             raise TrainingError(
                 f"non-finite weights in {bad} at iteration {self.iteration - 1}; stopped before "
-                f"{when}. The last good checkpoint is kept in "
-                f"{os.path.join(self.s.model_file, RESUME_DIR)}."
+                f"{when}. {self._last_good_checkpoint()}"
             )
+
+    def check_nonfinite(self, when="continuing"):
+        """Stop (TrainingError) if a step since the start had a NaN/Inf loss or gradient.
+
+        Such steps are not applied (see `_build_functions`); the message names the
+        first one's iteration and values and the first layer concerned.
+        """
+        first, count = (int(v) for v in self._nonfinite.numpy())
+        if first < 0:
+            return
+        fit, reg, orth = (float(v) for v in self._nonfinite_values.numpy())
+        images = None
+        try:
+            images, _ = next(iter(cifar10_input.train_dataset(
+                self.train_x, self.train_y, self.s.batch_sz, seed=self.s.seed,
+                start_iteration=first, augmentation=self.s.augmentation)))
+        except Exception:  # noqa: BLE001 - the diagnosis must not hide the error itself
+            pass
+        concerned = nonfinite_source(self.model, fit, reg, orth, images)
+        what = ("the loss became" if not all(map(math.isfinite, (fit, reg, orth))) else
+                "a gradient became")
+        raise TrainingError(
+            f"{what} non-finite at iteration {first} (fit={fit:.6g}, reg={reg:.6g}, "
+            f"orth={orth:.6g}); first layer concerned: {concerned}. That step "
+            + (f"and {count - 1} later non-finite one(s) were" if count > 1 else "was")
+            + f" not applied; stopped before {when}. {self._last_good_checkpoint()}"
+        )
 
     def save_snapshot(self, iteration):
         """The original's `Saver().save(sess, model_file + str(i))`: the full training
         state (model, optimizer) as `model_file/<iteration>.index/.data-*`."""
         self._check_finite_weights("saving a snapshot")
         prefix = os.path.join(self._dir(writable=True), str(iteration))
-        self.checkpoint.write(prefix)
+        write_checkpoint(self.checkpoint, prefix)
 
     def save_final_model(self):
+        self.check_nonfinite("saving the final model")
         path = os.path.join(self._dir(writable=True), FINAL_MODEL)
         tmp = path + ".partial.keras"
         self.model.save(tmp)
@@ -811,6 +990,7 @@ class Trainer:
         """Run iterations from the current one to `max_epoch`; returns the last test accuracy."""
         s = self.s
         start = self.restore_resume_state()
+        self._check_workers_agree(start)
         if self.is_chief:
             if start == 0:
                 self.log.start_fresh()
@@ -828,20 +1008,36 @@ class Trainer:
             self.progress.first = start
             self.progress.start = time.time()
         iterator = self._train_iterator(start)
+        try:
+            test_acc = self._loop(iterator, start)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError) as e:
+            if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            reason = str(e).strip().splitlines()
+            reason = next((line for line in reason if "unhealthy" in line or "aborted" in line),
+                          reason[0] if reason else type(e).__name__)
+            raise WorkerLost(
+                f"worker {self.task_id} lost contact with another worker after iteration "
+                f"{self.iteration - 1} ({reason.strip()[:300]}). The run cannot continue without "
+                "it: start every worker again with the same command; they resume from the last "
+                f"checkpoint in {os.path.join(s.model_file, RESUME_DIR)}."
+            ) from None
+        if self.progress:
+            self.progress.clear()
+        path = self.save_final_model()
+        self.log.note(f"done: final model saved to {path}")
+        return test_acc
+
+    def _loop(self, iterator, start):
+        s = self.s
         test_acc = None
         for i in range(start, s.max_epoch + 1):
             fit, reg, orth, acc = self._train_step(iterator)
+            fault_point("step", i)
             if i % s.log_every == 0 and i != 0:
+                self.check_nonfinite(f"logging iteration {i}")
                 values = [float(fit), float(reg), float(orth), float(acc)]
-                if not all(math.isfinite(v) for v in values[:3]):
-                    bad = first_nonfinite_layer(self.model)
-                    raise TrainingError(
-                        f"the loss became non-finite (fit={values[0]}, reg={values[1]}, "
-                        f"orth={values[2]}) by iteration {i}; first non-finite layer: "
-                        f"{bad or 'none of the weights (the batch or loss overflowed)'}. Training "
-                        f"stopped; the last good checkpoint is kept in "
-                        f"{os.path.join(s.model_file, RESUME_DIR)}."
-                    )
                 self.log.metrics(i, fit=values[0], reg=values[1], orth=values[2],
                                  acc=values[3], lr=self.schedule.at(i))
                 if self.has_orth:
@@ -858,10 +1054,6 @@ class Trainer:
                 self.save_resume_checkpoint()
             if self.progress:
                 self.progress.update(i, f"lr={self.schedule.at(i):.0e}")
-        if self.progress:
-            self.progress.clear()
-        path = self.save_final_model()
-        self.log.note(f"done: final model saved to {path}")
         return test_acc
 
 
@@ -883,6 +1075,6 @@ def main(script_settings, build_model, script, argv=None, description=None, help
             return
         trainer = Trainer(settings, build_model, script=script)
         trainer.fit()
-    except (TrainingError, cifar10_input.DatasetError, TF1CheckpointError) as e:
+    except (TrainingError, cifar10_input.DatasetError, TF1CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_RESTART if isinstance(e, WorkerLost) else EXIT_ERROR)

@@ -35,8 +35,18 @@ def golden_path(name):
     return path
 
 
+#: Figures a test module wants in the CI log: title -> function returning one line.
+REPORT = {}
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Print the largest error measured against each golden file (for the reader of CI logs)."""
+    """Print the largest error measured against each golden file (for the reader of CI logs),
+    then the figures registered in REPORT."""
+    for title, line in REPORT.items():
+        text = line()
+        if text:
+            terminalreporter.section(title)
+            terminalreporter.write_line(text)
     try:
         from golden_rules import MEASURED
     except ImportError:

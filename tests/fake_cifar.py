@@ -40,3 +40,32 @@ def write_binary_cifar(path, seed=0, per_file=10000):
             f.write(records(images, labels))
     assert os.path.getsize(os.path.join(path, TEST_FILE)) == per_file * RECORD_BYTES
     return path
+
+
+def write_tfds_cifar(data_dir, n_train=40, n_test=20, seed=0):
+    """A tensorflow-datasets copy of `cifar10` under `data_dir`, as `./dataset_setup.sh`
+    leaves it (dataset_info.json, features.json, one TFRecord shard per split), made of
+    synthetic images and written without any download.  Returns the version folder."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    info = builder.info
+    os.makedirs(builder.data_dir, exist_ok=True)
+    splits = []
+    for k, (split, n) in enumerate([("train", n_train), ("test", n_test)]):
+        labels = np.random.RandomState(seed + k).randint(0, 10, n)
+        images = synthetic_images(labels, seed + k)
+        template = tfds.core.ShardedFileTemplate(
+            data_dir=builder.data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+            dataset_name="cifar10", split=split, filetype_suffix="tfrecord")
+        path = os.path.join(builder.data_dir, f"cifar10-{split}.tfrecord-00000-of-00001")
+        with tf.io.TFRecordWriter(path) as writer:
+            for i in range(n):
+                writer.write(info.features.serialize_example(
+                    {"id": f"{split}_{i}", "image": images[i], "label": int(labels[i])}))
+        splits.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=os.path.getsize(path),
+                                          filename_template=template))
+    info.set_splits(tfds.core.SplitDict(splits))
+    info.write_to_directory(builder.data_dir)
+    return builder.data_dir
