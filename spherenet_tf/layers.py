@@ -223,6 +223,8 @@ class SphereConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if not self._is_spherical:
             return super().convolution_op(inputs, kernel)
+        if self.w_norm == "none" and not sphere_ops.original_formulation_active():
+            return self._unit_filter_convolution(inputs, kernel)
         # The convolution and the filter norm use the filter rescaled by a power of two
         # to max|W| ~ 1 (`sphere_ops.kernel_scale`): the cosine keeps every bit, and
         # neither x.W nor the norm's gradient can overflow when inputs are large and
@@ -241,6 +243,25 @@ class SphereConv2D(keras.layers.Conv2D):
             tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k,
             w_scale=tf.cast(w_scale, tf.float32),
         )
+        return tf.cast(out, conv.dtype)
+
+    def _unit_filter_convolution(self, inputs, kernel):
+        """The fast path of a `norm` without `w_norm`: g(conv(x, W / |W|) / |x|).
+
+        conv(x, W) / |W| = conv(x, W / |W|) because |W| is one number per output channel,
+        so dividing the (small) kernel replaces a division of the (large) output in the
+        forward pass and two passes in the backward pass.  Unit-norm filters also keep
+        x.W finite for any filter magnitude (README, "Differences from the original").
+        """
+        wnorm = sphere_ops.filter_norm(kernel)
+        conv = super().convolution_op(inputs, kernel / tf.cast(wnorm, kernel.dtype))
+        xnorm = sphere_ops.patch_norm(
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+        k = None
+        if self.norm == "lr_sigmoid":
+            k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
+        out = sphere_ops.unit_filter_response(tf.cast(conv, tf.float32), xnorm, self.norm, k)
         return tf.cast(out, conv.dtype)
 
     def orthogonality_loss(self):

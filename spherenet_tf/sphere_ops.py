@@ -109,6 +109,11 @@ def original_formulation():
         _ORIGINAL_FORMULATION[0] = previous
 
 
+def original_formulation_active():
+    """Whether `original_formulation()` is in force (read at trace time)."""
+    return _ORIGINAL_FORMULATION[0]
+
+
 def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
     """Norm of every k x k x C_in input patch the convolution sees, shape [B, Ho, Wo, 1].
 
@@ -240,19 +245,20 @@ def _acos_grad_scale(cos):
 
 
 def _normalised_response(norm):
-    """y = g(conv / xnorm / wnorm) for one angular function, with a hand-written gradient.
+    """y = g(conv_unit / xnorm) for one angular function, with a hand-written gradient.
 
+    `conv_unit` is the convolution with unit-norm filters W / |W| (equal to conv / |W|:
+    |W| is per output channel), so the cosine needs one division by the patch norm.
     Autodiff through the divisions and the angle keeps about ten output-sized
     intermediates and makes as many passes over them; this keeps only the cosine
-    (which *is* the output for `cosine`) and needs five passes.  Inputs: conv
-    [B,Ho,Wo,F], xnorm [B,Ho,Wo,1], wnorm [1,1,1,F], k [F] (the effective k of
-    `lr_sigmoid`, |k_value| + 0.05; ignored otherwise).
+    (which *is* the output for `cosine`) and needs four passes.  Inputs: conv_unit
+    [B,Ho,Wo,F], xnorm [B,Ho,Wo,1], k [F] (the effective k of `lr_sigmoid`,
+    |k_value| + 0.05; ignored otherwise).
     """
 
     @tf.custom_gradient
-    def response(conv, xnorm, wnorm, k):
-        # Divided in the original's order: first by the patch norm, then by the filter norm.
-        cos = conv / xnorm / wnorm
+    def response(conv_unit, xnorm, k):
+        cos = conv_unit / xnorm
         if norm == "cosine":
             y = cos
         else:
@@ -284,11 +290,9 @@ def _normalised_response(norm):
                     dg_dk = (dc_dk * (1.0 - e) / one_plus_e
                              + (2.0 * c / tf.square(k)) * e * (theta - np.pi / 2) / tf.square(one_plus_e))
                     dk = tf.reduce_sum(dy * dg_dk, axis=[0, 1, 2])
-            grad_conv = d / xnorm / wnorm
-            e_cos = d * cos
-            grad_xnorm = -tf.reduce_sum(e_cos, axis=-1, keepdims=True) / xnorm
-            grad_wnorm = -tf.reduce_sum(e_cos, axis=[0, 1, 2], keepdims=True) / wnorm
-            return grad_conv, grad_xnorm, grad_wnorm, dk
+            grad_conv = d / xnorm
+            grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) / xnorm
+            return grad_conv, grad_xnorm, dk
 
         return y, grad
 
@@ -296,6 +300,17 @@ def _normalised_response(norm):
 
 
 _RESPONSES = {}
+
+
+def unit_filter_response(conv_unit, xnorm, norm, k=None):
+    """g(cos theta) from the convolution with unit-norm filters (`SphereConv2D`'s fast
+    path): cos = conv(x, W / |W|) / |x|, with the hand-written gradient of
+    `_normalised_response`.  `norm` is one of NORMS other than 'none'."""
+    if norm not in _RESPONSES:
+        _RESPONSES[norm] = _normalised_response(norm)
+    if norm != "lr_sigmoid":
+        k = tf.zeros([], tf.float32)
+    return _RESPONSES[norm](conv_unit, xnorm, k)
 
 
 def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None):
@@ -319,16 +334,13 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_
     applied acos to |x| cos(theta) instead, which is NaN whenever that exceeds 1
     (ordinary feature norms); see README, "Differences from the original".
 
-    The usual case (a `norm` and no `w_norm`) runs a fused form with a hand-written
-    gradient; the original formulation (`original_formulation()`) and the rare
-    combinations go through plain autodiff of the same expressions.
+    The usual case (a `norm` and no `w_norm`) runs the fused form with a hand-written
+    gradient (`SphereConv2D` goes one step further and folds 1/|W| into the filters,
+    see `unit_filter_response`); the original formulation (`original_formulation()`)
+    and the rare combinations go through plain autodiff of the same expressions.
     """
     if w_norm == "none" and norm != "none" and not _ORIGINAL_FORMULATION[0]:
-        if norm not in _RESPONSES:
-            _RESPONSES[norm] = _normalised_response(norm)
-        if norm != "lr_sigmoid":
-            k = tf.zeros([], tf.float32)
-        return _RESPONSES[norm](conv, xnorm, wnorm, k)
+        return unit_filter_response(conv / wnorm, xnorm, norm, k)
     return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale)
 
 

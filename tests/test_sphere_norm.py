@@ -12,7 +12,7 @@ import tensorflow as tf
 import numpy_beyond as ref
 from conftest import load_module
 from fake_cifar import synthetic_images
-from spherenet_tf import SphereConv2D
+from spherenet_tf import SphereConv2D, sphere_ops
 from spherenet_tf.models import build_cnn9, build_resnet32
 from spherenet_tf.sphere_norm import SphereNorm2D, UnitInterval
 from spherenet_tf.training import Settings, Trainer
@@ -38,10 +38,15 @@ def test_initial_value_is_exactly_the_cosine_sphereconv():
     layer = SphereNorm2D(6, 3, strides=2)
     y = layer(x).numpy()
     np.testing.assert_array_equal(layer.alpha.numpy(), np.zeros(6, np.float32))
+    # exactly the cosine SphereConv's formula, conv / |x| / |W| in the original's order ...
+    conv = tf.nn.conv2d(x, layer.kernel, 2, "SAME")
+    cosine = conv / sphere_ops.patch_norm(x, (3, 3), (2, 2)) / sphere_ops.filter_norm(layer.kernel)
+    np.testing.assert_array_equal(y, cosine.numpy())
+    # ... which SphereConv2D's fast path (unit filters) gives up to float32 rounding
     sphere = SphereConv2D(6, 3, strides=2, norm="cosine")
     sphere.build(x.shape)
     sphere.kernel.assign(layer.kernel)
-    np.testing.assert_array_equal(y, sphere(x).numpy())
+    np.testing.assert_allclose(y, sphere(x).numpy(), rtol=0, atol=1e-6)
     assert np.abs(y).max() <= 1.0
 
 
