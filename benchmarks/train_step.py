@@ -15,6 +15,7 @@ compiles the steps with XLA.
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -94,6 +95,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn")
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--memory_repeats", type=int, default=3,
+                        help="fresh processes per model for --memory (median reported)")
     parser.add_argument("--jit_compile", action="store_true")
     parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,9 +120,12 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
                    "--batch", str(args.batch)] + (["--jit_compile"] if args.jit_compile else [])
             env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-            mem[name] = json.loads(line[-1]) if line else {"growth_mib": float("nan")}
+            growths = []
+            for _ in range(args.memory_repeats):  # the executor's op order varies the peak
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+                growths.append(json.loads(line[-1])["growth_mib"] if line else float("nan"))
+            mem[name] = {"growth_mib": statistics.median(growths)}
         rows = []
         for name in names:
             base = PAIRS.get(name)
@@ -127,7 +133,7 @@ def main():
             ratio = f"{g / mem[base]['growth_mib']:.3f}x {base}" if base in mem else ""
             rows.append((name, f"{g:8.1f}", ratio))
         print("\npeak memory of one training step above the memory held between steps "
-              "(MiB; fresh process per model)")
+              f"(MiB; median of {args.memory_repeats} fresh processes per model)")
         common.print_table(["model", "MiB", "ratio"], rows)
 
 

@@ -273,10 +273,14 @@ def _normalised_response(norm):
 
         def grad(dy):
             dk = None
+            # d = dy * g'(cos) / slope; the constant slope of `linear` is applied to the
+            # small [B, Ho, Wo, 1] tensors below instead of to an output-sized one.
+            slope = 1.0
             if norm == "cosine":
                 d = dy
             elif norm == "linear":
-                d = dy * (LINEAR_SLOPE * _acos_grad_scale(cos))
+                d = dy * _acos_grad_scale(cos)
+                slope = LINEAR_SLOPE
             else:
                 # g = C (1 - e) / (1 + e), e = exp((theta - pi/2) / k):
                 # dg/dtheta = -2 C e / (k (1 + e)^2), dtheta/dc = -1 / sqrt(1 - c^2)
@@ -290,8 +294,12 @@ def _normalised_response(norm):
                     dg_dk = (dc_dk * (1.0 - e) / one_plus_e
                              + (2.0 * c / tf.square(k)) * e * (theta - np.pi / 2) / tf.square(one_plus_e))
                     dk = tf.reduce_sum(dy * dg_dk, axis=[0, 1, 2])
-            grad_conv = d / xnorm
-            grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) / xnorm
+            inv_xnorm = slope / xnorm
+            grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
+            # After the reduction, so that the product can take d's buffer (its last
+            # use): one output-sized temporary less at the peak of the backward pass.
+            with tf.control_dependencies([grad_xnorm]):
+                grad_conv = d * inv_xnorm
             return grad_conv, grad_xnorm, dk
 
         return y, grad
