@@ -254,13 +254,18 @@ class SphereConv2D(keras.layers.Conv2D):
         x.W finite for any filter magnitude (README, "Differences from the original").
         """
         wnorm = sphere_ops.filter_norm(kernel)
-        conv = super().convolution_op(inputs, kernel / tf.cast(wnorm, kernel.dtype))
-        xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
-        )
+        unit_kernel = kernel / tf.cast(wnorm, kernel.dtype)
         k = None
         if self.norm == "lr_sigmoid":
             k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
+        if self.dilation_rate == (1, 1):
+            out = sphere_ops.sphere_convolution(inputs, unit_kernel, self.norm, k,
+                                                self.strides, self.padding)
+            return tf.cast(out, self.compute_dtype)
+        conv = super().convolution_op(inputs, unit_kernel)
+        xnorm = sphere_ops.patch_norm(
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
         out = sphere_ops.unit_filter_response(tf.cast(conv, tf.float32), xnorm, self.norm, k)
         return tf.cast(out, conv.dtype)
 

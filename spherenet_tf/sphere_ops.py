@@ -130,15 +130,21 @@ def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1,
     return fn(tf.cast(x, tf.float32))
 
 
+def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
+    """(xnorm, per-pixel sum of squares, ones kernel) of float32 x; see `patch_norm`."""
+    ones = tf.ones(tuple(kernel_size) + (1, 1), tf.float32)
+    sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
+    box = tf.nn.conv2d(sumsq, ones, strides=list(strides), padding=padding,
+                       dilations=list(dilations))
+    xnorm = tf.sqrt(box + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
+    return xnorm, sumsq, ones
+
+
 @functools.lru_cache(maxsize=None)
 def _patch_norm_fn(kernel_size, strides, padding, dilations):
     @tf.custom_gradient
     def norm(x):
-        ones = tf.ones(kernel_size + (1, 1), tf.float32)
-        sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
-        box = tf.nn.conv2d(sumsq, ones, strides=list(strides), padding=padding,
-                           dilations=list(dilations))
-        xnorm = tf.sqrt(box + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
+        xnorm, sumsq, ones = _patch_norm_forward(x, kernel_size, strides, padding, dilations)
 
         def grad(dxnorm):
             # xnorm = sqrt(box_sum(sum_c x^2) + eps)  =>  dxnorm/dx = x * box_sum^T(1/xnorm)
@@ -319,6 +325,64 @@ def unit_filter_response(conv_unit, xnorm, norm, k=None):
     if norm != "lr_sigmoid":
         k = tf.zeros([], tf.float32)
     return _RESPONSES[norm](conv_unit, xnorm, k)
+
+
+def sphere_convolution(x, unit_kernel, norm, k=None, strides=(1, 1), padding="same"):
+    """The whole fast SphereConv, g(conv(x, W/|W|) / |x|), as one hand-differentiated op.
+
+    The convolution, the patch norm and the angular function are computed inside one
+    `tf.custom_gradient`, whose backward pass calls the convolution's two backprop
+    kernels itself.  Keeping the convolution inside matters for memory: TF keeps
+    every argument of a custom-gradient function alive until the backward pass, and the
+    convolution's output is as large as the layer's.  Inputs: x [B, H, W, C_in],
+    unit_kernel [k, k, C_in, F] (the filters divided by their norms), k [F] for
+    `lr_sigmoid`.  Dilation 1, one group (SphereConv2D falls back otherwise).
+    """
+    kernel_size = tuple(int(d) for d in unit_kernel.shape[:2])
+    fn = _sphere_convolution_fn(norm, kernel_size, tuple(strides), padding.upper())
+    if norm != "lr_sigmoid":
+        k = tf.zeros([], tf.float32)
+    return fn(x, unit_kernel, k)
+
+
+@functools.lru_cache(maxsize=None)
+def _sphere_convolution_fn(norm, kernel_size, strides, padding):
+    response = _normalised_response(norm)
+    conv_strides = [1, strides[0], strides[1], 1]
+
+    @tf.custom_gradient
+    def sphere_conv(x, unit_kernel, k):
+        conv = tf.nn.conv2d(x, unit_kernel, conv_strides, padding)
+        x32 = tf.cast(x, tf.float32)
+        xnorm, sumsq, ones = _patch_norm_forward(x32, kernel_size, strides, padding)
+        # The response's own hand-written gradient is reused through a tape on its
+        # (already computed) inputs; nothing output-sized but its output is kept.
+        y, response_grad = _call_with_grad(response, tf.cast(conv, tf.float32), xnorm, k)
+
+        def grad(dy):
+            grad_conv, grad_xnorm, dk = response_grad(dy)
+            grad_conv = tf.cast(grad_conv, conv.dtype)
+            gx = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=unit_kernel, out_backprop=grad_conv,
+                strides=conv_strides, padding=padding)
+            gw = tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(unit_kernel), out_backprop=grad_conv,
+                strides=conv_strides, padding=padding)
+            # xnorm = sqrt(box_sum(sum_c x^2) + eps)  =>  dxnorm/dx = x * box_sum^T(1/xnorm)
+            spread = tf.nn.conv2d_transpose(grad_xnorm / xnorm, ones, tf.shape(sumsq),
+                                            strides=conv_strides, padding=padding)
+            gx = gx + tf.cast(x32 * spread, gx.dtype)
+            return gx, gw, dk
+
+        return y, grad
+
+    return sphere_conv
+
+
+def _call_with_grad(custom_fn, *args):
+    """(outputs, grad_fn) of a @tf.custom_gradient function, called undecorated: its
+    hand-written gradient, for use inside another custom gradient."""
+    return custom_fn.__wrapped__(*args)
 
 
 def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None):
