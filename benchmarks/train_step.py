@@ -7,9 +7,11 @@ orthogonality, gradients, an Adam update, compiled as one tf.function.  Steps of
 models are timed side by side (interleaved repetitions, median).  `spherenet9_original`
 is SphereNet-9 with the original formulation of SphereConv (ones-kernel patch norm,
 autodiff through every division and angle).  `--memory` measures, for each model in a
-fresh process, the peak resident memory during three training steps above the memory
-held before them (the
-step's working memory: activations, gradients, optimizer slots), and `--jit_compile`
+fresh process, the peak allocator memory (BFC allocator statistics) during one training
+step above the memory held before it (the step's working memory: activations, gradients
+and temporaries), twice: with TF's default inter-op threads, where the executor may run
+independent ops in any order and the peak varies from run to run, and with one inter-op
+thread, the memory the step's graph needs in a fixed order.  `--jit_compile`
 compiles the steps with XLA.
 """
 
@@ -48,8 +50,10 @@ def step_fn(name, batch, jit):
     return run
 
 
-def memory_child(name, batch, jit):
-    """Run in a fresh process: peak RSS growth (MiB) over three steps."""
+def memory_child(name, batch, jit, inter_op=0):
+    """Run in a fresh process: peak allocator growth (MiB) during one step."""
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     model = build(name)
     ctx = sphere_ops.original_formulation() if name == "spherenet9_original" else None
     if ctx:
@@ -91,17 +95,21 @@ def memory_child(name, batch, jit):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn")
-    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed repetitions of each step; the median is reported (default 7)")
+    parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn",
+                        help=f"comma-separated, from {','.join(list(MODELS) + ['spherenet9_original'])}")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure each model's peak step memory in fresh processes")
     parser.add_argument("--memory_repeats", type=int, default=3,
-                        help="fresh processes per model for --memory (median reported)")
-    parser.add_argument("--jit_compile", action="store_true")
+                        help="fresh processes per model and mode for --memory (median reported)")
+    parser.add_argument("--jit_compile", action="store_true", help="compile the steps with XLA")
     parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--inter-op", dest="inter_op", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return memory_child(args.child, args.batch, args.jit_compile)
+        return memory_child(args.child, args.batch, args.jit_compile, args.inter_op)
     names = args.models.split(",")
     fns = [step_fn(n, args.batch, args.jit_compile) for n in names]
     times = common.interleaved_median_times(fns, repeats=args.repeats, warmup=2)
@@ -115,27 +123,34 @@ def main():
           f"{', XLA' if args.jit_compile else ''}; devices {[d.name for d in tf.config.list_logical_devices()]}")
     common.print_table(["model", "ms/step", "images/s", "ratio"], rows)
     if args.memory:
-        mem = {}
+        modes = {"default threads": 0, "1 inter-op thread": 1}
+        mem = {mode: {} for mode in modes}
         for name in names:
-            cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
-                   "--batch", str(args.batch)] + (["--jit_compile"] if args.jit_compile else [])
-            env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
-            growths = []
-            for _ in range(args.memory_repeats):  # the executor's op order varies the peak
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-                growths.append(json.loads(line[-1])["growth_mib"] if line else float("nan"))
-            mem[name] = {"growth_mib": statistics.median(growths)}
+            for mode, inter_op in modes.items():
+                cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
+                       "--batch", str(args.batch), "--inter-op", str(inter_op)]
+                cmd += ["--jit_compile"] if args.jit_compile else []
+                env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+                growths = []
+                for _ in range(args.memory_repeats):
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+                    growths.append(json.loads(line[-1])["growth_mib"] if line else float("nan"))
+                mem[mode][name] = statistics.median(growths)
         rows = []
         for name in names:
             base = PAIRS.get(name)
-            g = mem[name]["growth_mib"]
-            ratio = f"{g / mem[base]['growth_mib']:.3f}x {base}" if base in mem else ""
-            rows.append((name, f"{g:8.1f}", ratio))
+            row = [name]
+            for mode in modes:
+                g = mem[mode][name]
+                row += [f"{g:8.1f}", f"{g / mem[mode][base]:.3f}x" if base in names else ""]
+            rows.append(tuple(row) + (base or "",))
         print("\npeak memory of one training step above the memory held between steps "
-              f"(MiB; median of {args.memory_repeats} fresh processes per model)")
-        common.print_table(["model", "MiB", "ratio"], rows)
-
+              f"(MiB; median of {args.memory_repeats} fresh processes per model and mode)")
+        header = ["model"]
+        for mode in modes:
+            header += [f"MiB, {mode}", "ratio"]
+        common.print_table(header + ["vs"], rows)
 
 if __name__ == "__main__":
     main()

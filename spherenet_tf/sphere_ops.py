@@ -81,9 +81,13 @@ def safe_acos(c):
     y = tf.acos(tf.clip_by_value(c, -1.0, 1.0))
 
     def grad(dy):
-        one_minus_c2 = tf.maximum(1.0 - tf.square(c), _ACOS_GRAD_MIN)
+        # Waits for dy, as TF's own acos gradient does, so that the executor does not
+        # compute (and keep) the factor right after the forward pass.
+        with tf.control_dependencies([dy]):
+            c_ = tf.identity(c)
+        one_minus_c2 = tf.maximum(1.0 - tf.square(c_), _ACOS_GRAD_MIN)
         g = -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
-        return tf.where(tf.abs(c) > 1.0, tf.zeros_like(g), g)
+        return tf.where(tf.abs(c_) > 1.0, tf.zeros_like(g), g)
 
     return y, grad
 
@@ -256,8 +260,11 @@ def _normalised_response(norm):
     `conv_unit` is the convolution with unit-norm filters W / |W| (equal to conv / |W|:
     |W| is per output channel), so the cosine needs one division by the patch norm.
     Autodiff through the divisions and the angle keeps about ten output-sized
-    intermediates and makes as many passes over them; this keeps only the cosine
-    (which *is* the output for `cosine`) and needs four passes.  Inputs: conv_unit
+    intermediates and makes as many passes over them.  This keeps one output-sized
+    tensor: the output itself for `cosine` (y = cos) and `linear` (the angle is
+    recovered from y = 1 - slope * theta, which the next layer keeps anyway), the
+    cosine for the sigmoids (whose angle and exponential are recomputed in the
+    backward pass rather than kept).  Inputs: conv_unit
     [B,Ho,Wo,F], xnorm [B,Ho,Wo,1], k [F] (the effective k of `lr_sigmoid`,
     |k_value| + 0.05; ignored otherwise).
     """
@@ -277,22 +284,40 @@ def _normalised_response(norm):
                 e = tf.exp(theta / kk - np.pi / (2 * kk))
                 y = c * (1.0 - e) / (1.0 + e)
 
+        # Only these are referenced by `grad`, so only these stay alive until the
+        # backward pass (a custom gradient keeps what its closure captures).
+        kept = y if norm in ("cosine", "linear") else cos
+
         def grad(dy):
             dk = None
             # d = dy * g'(cos) / slope; the constant slope of `linear` is applied to the
             # small [B, Ho, Wo, 1] tensors below instead of to an output-sized one.
             slope = 1.0
             if norm == "cosine":
+                cos_ = kept
                 d = dy
-            elif norm == "linear":
-                d = dy * _acos_grad_scale(cos)
+                return _finish(dy, d, cos_, slope, dk)
+            # Everything below that depends on the forward pass alone waits for dy
+            # (as TF's own gradient of acos does): otherwise the executor is free to
+            # compute it right after the forward pass, and every layer's copy would
+            # then stay alive until the backward pass reaches that layer.
+            with tf.control_dependencies([dy]):
+                kept_ = tf.identity(kept)
+            if norm == "linear":
+                # The cosine, recovered from the output: theta = (1 - y) / slope (one
+                # transcendental function instead of an output-sized tensor kept).
+                cos_ = tf.cos((1.0 - kept_) * (1.0 / LINEAR_SLOPE))
+                d = dy * _acos_grad_scale(cos_)
                 slope = LINEAR_SLOPE
             else:
+                cos_ = kept_
+                theta = tf.acos(tf.clip_by_value(cos_, -1.0, 1.0))
+                e = tf.exp(theta / kk - np.pi / (2 * kk))
                 # g = C (1 - e) / (1 + e), e = exp((theta - pi/2) / k):
                 # dg/dtheta = -2 C e / (k (1 + e)^2), dtheta/dc = -1 / sqrt(1 - c^2)
                 one_plus_e = 1.0 + e
                 dg_dtheta = (-2.0 * c / kk) * e / tf.square(one_plus_e)
-                d = dy * (-dg_dtheta) * _acos_grad_scale(cos)
+                d = dy * (-dg_dtheta) * _acos_grad_scale(cos_)
                 if norm == "lr_sigmoid":
                     # dg/dk = dC/dk (1 - e)/(1 + e) + C 2 e (theta - pi/2) / (k^2 (1 + e)^2)
                     a = tf.exp(-np.pi / (2 * k))
@@ -300,8 +325,11 @@ def _normalised_response(norm):
                     dg_dk = (dc_dk * (1.0 - e) / one_plus_e
                              + (2.0 * c / tf.square(k)) * e * (theta - np.pi / 2) / tf.square(one_plus_e))
                     dk = tf.reduce_sum(dy * dg_dk, axis=[0, 1, 2])
+            return _finish(dy, d, cos_, slope, dk)
+
+        def _finish(dy, d, cos_, slope, dk):
             inv_xnorm = slope / xnorm
-            grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
+            grad_xnorm = -tf.reduce_sum(d * cos_, axis=-1, keepdims=True) * inv_xnorm
             # After the reduction, so that the product can take d's buffer (its last
             # use): one output-sized temporary less at the peak of the backward pass.
             with tf.control_dependencies([grad_xnorm]):
