@@ -12,7 +12,8 @@ step above the memory held before it (the step's working memory: activations, gr
 and temporaries), twice: with TF's default inter-op threads, where the executor may run
 independent ops in any order and the peak varies from run to run, and with one inter-op
 thread, the memory the step's graph needs in a fixed order.  `--jit_compile`
-compiles the steps with XLA.
+compiles the steps with XLA and `--mixed_precision` runs them under the training
+scripts' policy (`mixed_float16` with loss scaling on a GPU, `mixed_bfloat16` on CPUs).
 """
 
 import argparse
@@ -23,10 +24,12 @@ import subprocess
 import sys
 
 import common
+import keras
 import tensorflow as tf
 
 from spherenet_tf import sphere_ops
-from train_step_bench import MODELS, make_step
+from spherenet_tf.training import precision_policy
+from train_step_bench import MODELS, make_optimizer, make_step
 
 PAIRS = {  # model -> the baseline it is compared with
     "spherenet9": "baseline_cnn", "spherenet9_linear": "baseline_cnn",
@@ -51,21 +54,19 @@ def step_fn(name, batch, jit):
 
 
 def memory_child(name, batch, jit, inter_op=0):
-    """Run in a fresh process: peak allocator growth (MiB) during one step."""
-    if inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    """Run in a fresh process: peak allocator growth (MiB) during one step.  `inter_op`
+    is only recorded here; main() sets it before TF's runtime starts."""
     model = build(name)
     ctx = sphere_ops.original_formulation() if name == "spherenet9_original" else None
     if ctx:
         ctx.__enter__()
-    import keras
     import numpy as np
 
     from spherenet_tf.layers import regularization_terms
     from spherenet_tf.losses import loss2_per_example
     from spherenet_tf.training import ADAM
 
-    optimizer = keras.optimizers.Adam(1e-3, **ADAM)
+    optimizer = make_optimizer()
     optimizer.build(model.trainable_variables)
     rng = np.random.RandomState(0)
     x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
@@ -105,9 +106,15 @@ def main():
     parser.add_argument("--memory_repeats", type=int, default=3,
                         help="fresh processes per model and mode for --memory (median reported)")
     parser.add_argument("--jit_compile", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--mixed_precision", action="store_true",
+                        help="the training scripts' mixed precision policy (float16 on GPUs, bfloat16 on CPUs)")
     parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inter-op", dest="inter_op", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.inter_op:  # before anything initialises TF's runtime
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    policy = precision_policy(args.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
     if args.child:
         return memory_child(args.child, args.batch, args.jit_compile, args.inter_op)
     names = args.models.split(",")
@@ -120,7 +127,7 @@ def main():
         ratio = f"{t[name] / t[base]:.3f}x {base}" if base in t else ""
         rows.append((name, f"{t[name] * 1e3:9.1f}", f"{args.batch / t[name]:8.1f}", ratio))
     print(f"training step, batch {args.batch}, median of {args.repeats} interleaved repetitions"
-          f"{', XLA' if args.jit_compile else ''}; devices {[d.name for d in tf.config.list_logical_devices()]}")
+          f"{', XLA' if args.jit_compile else ''}, policy {policy}; devices {[d.name for d in tf.config.list_logical_devices()]}")
     common.print_table(["model", "ms/step", "images/s", "ratio"], rows)
     if args.memory:
         modes = {"default threads": 0, "1 inter-op thread": 1}
@@ -130,11 +137,14 @@ def main():
                 cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
                        "--batch", str(args.batch), "--inter-op", str(inter_op)]
                 cmd += ["--jit_compile"] if args.jit_compile else []
+                cmd += ["--mixed_precision"] if args.mixed_precision else []
                 env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
                 growths = []
                 for _ in range(args.memory_repeats):
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+                    if not line:
+                        print(f"memory child for {name} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                     growths.append(json.loads(line[-1])["growth_mib"] if line else float("nan"))
                 mem[mode][name] = statistics.median(growths)
         rows = []

@@ -19,10 +19,18 @@ MODELS = {
 }
 
 
+def make_optimizer():
+    """The training scripts' Adam, with loss scaling under a float16 policy (as the loop)."""
+    optimizer = keras.optimizers.Adam(1e-3, **ADAM)
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def make_step(name, batch, repeats=10, jit_compile=False, model=None):
     """(step function, median seconds per step) for a model on a constant batch."""
     model = model or MODELS[name]()
-    optimizer = keras.optimizers.Adam(1e-3, **ADAM)
+    optimizer = make_optimizer()
     rng = np.random.RandomState(0)
     x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
     y = tf.constant(rng.randint(0, 10, batch).astype(np.int32))
