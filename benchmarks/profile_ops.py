@@ -27,7 +27,6 @@ def profile_graph(build, runs=5):
         for _ in range(2):
             sess.run(fetch)
         totals = collections.Counter()
-        wall = 0.0
         for _ in range(runs):
             meta = tf.compat.v1.RunMetadata()
             opts = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)

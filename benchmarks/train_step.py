@@ -17,6 +17,7 @@ scripts' policy (`mixed_float16` with loss scaling on a GPU, `mixed_bfloat16` on
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import os
@@ -29,7 +30,7 @@ import tensorflow as tf
 
 from spherenet_tf import sphere_ops
 from spherenet_tf.training import precision_policy
-from train_step_bench import MODELS, make_optimizer, make_step
+from train_step_bench import MODELS, make_step
 
 PAIRS = {  # model -> the baseline it is compared with
     "spherenet9": "baseline_cnn", "spherenet9_linear": "baseline_cnn",
@@ -44,52 +45,23 @@ def build(name):
 
 
 def step_fn(name, batch, jit):
-    model = build(name)
-    if name == "spherenet9_original":
-        with sphere_ops.original_formulation():
-            run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=model)
-        return run
-    run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=model)
+    """The model's compiled training step, traced (under the original formulation for
+    `spherenet9_original`) and already run three times, so its optimizer slots exist."""
+    original = name == "spherenet9_original"
+    with sphere_ops.original_formulation() if original else contextlib.nullcontext():
+        run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=build(name))
     return run
 
 
 def memory_child(name, batch, jit, inter_op=0):
     """Run in a fresh process: peak allocator growth (MiB) during one step.  `inter_op`
     is only recorded here; main() sets it before TF's runtime starts."""
-    model = build(name)
-    ctx = sphere_ops.original_formulation() if name == "spherenet9_original" else None
-    if ctx:
-        ctx.__enter__()
-    import numpy as np
-
-    from spherenet_tf.layers import regularization_terms
-    from spherenet_tf.losses import loss2_per_example
-    from spherenet_tf.training import ADAM
-
-    optimizer = make_optimizer()
-    optimizer.build(model.trainable_variables)
-    rng = np.random.RandomState(0)
-    x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
-    y = tf.constant(rng.randint(0, 10, batch).astype(np.int32))
-    variables = model.trainable_variables
-
-    @tf.function(jit_compile=jit)
-    def step():
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(loss2_per_example(y, logits)) + sum(regularization_terms(model))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
+    run = step_fn(name, batch, jit)
     device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-    step().numpy()  # trace and create the optimizer slots
-    step().numpy()
     before = tf.config.experimental.get_memory_info(device)["current"]
     tf.config.experimental.reset_memory_stats(device)
-    step().numpy()
+    run()
     peak = tf.config.experimental.get_memory_info(device)["peak"]
-    if ctx:
-        ctx.__exit__(None, None, None)
     print(json.dumps({"model": name, "growth_mib": (peak - before) / 2**20,
                       "peak_mib": peak / 2**20, "device": device}))
 
