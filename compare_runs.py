@@ -23,17 +23,11 @@ one curve per log, with the learning-rate drops at 34000 and 54000 marked.
 import argparse
 import dataclasses
 import os
-import re
 import sys
 
-NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"
-TRAIN_LINE = re.compile(
-    rf"^====iteration_(\d+):\s*fit={NUMBER},\s*reg={NUMBER},\s*(?:orth={NUMBER},\s*)?acc={NUMBER}\s*$",
-    re.IGNORECASE,
-)
-TEST_LINE = re.compile(rf"^\+\+\+\+iteration_(\d+):\s*test acc={NUMBER}\s*$", re.IGNORECASE)
-#: Iterations from which the original divides the learning rate by 10.
-LR_DROPS = (34000, 54000)
+from spherenet_tf.training.runlog import TrainRecord, parse_line
+from spherenet_tf.training.schedule import LR_BOUNDARIES as LR_DROPS
+
 THRESHOLDS = (0.80, 0.85, 0.90)
 #: File stems that say nothing about the run; the folder name is used instead.
 GENERIC_STEMS = {"training", "train", "log", "output", "stdout"}
@@ -79,20 +73,13 @@ def parse_log(path, label=None):
         line = line.strip()
         if not line:
             continue
-        m = TRAIN_LINE.match(line)
-        if m:
-            it = int(m.group(1))
-            _keep_before(train, it)
-            orth = float(m.group(4)) if m.group(4) is not None else None
-            train.append((it, float(m.group(2)), float(m.group(3)), orth, float(m.group(5))))
+        record = parse_line(line)
+        if record is None:
+            skipped += 1
             continue
-        m = TEST_LINE.match(line)
-        if m:
-            it = int(m.group(1))
-            _keep_before(test, it)
-            test.append((it, float(m.group(2))))
-            continue
-        skipped += 1
+        rows = train if isinstance(record, TrainRecord) else test
+        _keep_before(rows, record.iteration)
+        rows.append(tuple(record))
     if not train and not test:
         raise LogError(
             f"{path} holds no line of the original's log format ('====iteration_N: fit=..., "

@@ -26,7 +26,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from spherenet_tf.models import build_cnn9, build_resnet32  # noqa: E402
 from spherenet_tf.sphere_ops import NORMS, W_NORMS  # noqa: E402

@@ -27,7 +27,7 @@ w_norm = 'none'
 widths = (128, 192, 256)
 # BatchNorm after fc6 (the original's examples/ have it; spherenet.py does not).
 fc6_bn = False
-# Beyond the original (README, "Beyond the original"); the defaults are the original's.
+# Beyond the original (docs/beyond.md); the defaults are the original's.
 # SphereNorm: cosine SphereConv with learnable rescaling towards the convolution.
 sphere_norm = False
 # BatchNorm after conv1_0 ... conv3_2 (set False e.g. with sphere_norm = True).

@@ -12,10 +12,8 @@ continues where it stopped when started again with the same command.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info lines out of the log
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import spherenet  # noqa: E402
 from spherenet_tf import training  # noqa: E402

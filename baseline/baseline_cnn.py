@@ -5,12 +5,7 @@ convolutions: every filter has weight decay (5e-4 * l2_loss) and none has the
 orthogonality constraint.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spherenet_tf.models import build_cnn9  # noqa: E402
+from spherenet_tf.models import build_cnn9
 
 
 def build_baseline_cnn(n_class=10):

@@ -8,11 +8,8 @@ has no orthogonality constraint).
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info lines out of the log
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baseline_cnn import build_baseline_cnn  # noqa: E402
 from spherenet_tf import training  # noqa: E402

@@ -1,15 +1,11 @@
 """Small helpers shared by the benchmark scripts: timing with warm-up and medians,
-table printing, repository path set-up."""
+table printing.  The benchmarks import the installed package (`pip install -e .`)."""
 
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 
 def median_time(fn, repeats=7, warmup=2, inner=1):

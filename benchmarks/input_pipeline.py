@@ -10,7 +10,7 @@ pipeline delivers at least 5x what a step consumes.
 
 import argparse
 
-import common  # noqa: F401  (path set-up)
+import common  # noqa: F401  (quiet TF logs)
 import numpy as np
 import tensorflow as tf
 

@@ -1,8 +1,8 @@
 """Cost of the training loop's NaN/Inf guard, per step.
 
-The loop's step (`Trainer._train_step`) checks the loss terms and every gradient for
+The loop's step (`ClassificationTask.train_step`) checks the loss terms and every gradient for
 NaN/Inf, all-reduces that flag and applies the update only when it is clear (see
-README, "Interruptions, NaN and bad input").  This script times that step against the
+docs/reliability.md).  This script times that step against the
 same step without the guard (the update applied inside the replica function, as
 before the guard), side by side on the same model, optimizer and data stream:
 
@@ -14,11 +14,11 @@ It prints the median milliseconds per step of both and the relative difference.
 import argparse
 import tempfile
 
-import common  # noqa: F401  (path set-up)
+import common  # noqa: F401  (quiet TF logs)
 import numpy as np
 import tensorflow as tf
 
-from spherenet_tf.layers import regularization_terms
+from spherenet_tf.regularizers import regularization_terms
 from spherenet_tf.losses import loss2_per_example
 from spherenet_tf.training import Settings, Trainer
 from train_step_bench import MODELS
@@ -40,7 +40,7 @@ def main():
     trainer = Trainer(settings, lambda s: MODELS[args.model](), data=((images, labels), (images, labels)))
     strategy, model, optimizer = trainer.strategy, trainer.model, trainer.optimizer
     variables = model.trainable_variables
-    iterator = trainer._train_iterator(0)
+    iterator = trainer.task.train_iterator(0)
 
     def unguarded_replica(x, y):
         with tf.GradientTape() as tape:
@@ -57,7 +57,7 @@ def main():
         return strategy.run(unguarded_replica, args=(x, y))
 
     guarded_ms, unguarded_ms = (1000 * t for t in common.interleaved_median_times(
-        [lambda: float(trainer._train_step(iterator)[0]), lambda: float(unguarded(iterator))],
+        [lambda: float(trainer.task.train_step(iterator)[0]), lambda: float(unguarded(iterator))],
         repeats=args.repeats, warmup=2))
     print(f"{args.model}, batch {args.batch}, {type(strategy).__name__}, "
           f"{tf.config.list_logical_devices()[-1].device_type}")

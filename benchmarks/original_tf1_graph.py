@@ -11,7 +11,7 @@ orthogonality terms collected per layer, l2 weight decay, loss2, and
 tf.compat.v1.train.AdamOptimizer(lr placeholder).minimize.  Each step is one
 `sess.run` fetching fit, reg, orth, acc and the update, as the original loop does.
 
-The port's step is the training loop's own compiled step (`Trainer._train_step` on its
+The port's step is the training loop's own compiled step (`ClassificationTask.train_step` on its
 tf.data stream), timed with the values fetched every step too.  Both run in this
 process; steps alternate between the two (median of the repetitions).
 """
@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-import common  # noqa: F401
+import common  # noqa: F401  (quiet TF logs)
 import numpy as np
 import tensorflow as tf
 
@@ -111,10 +111,10 @@ def port_step(batch, norm):
     s = Settings(batch_sz=batch, model_file=tempfile.mkdtemp() + "/", progress="off", norm=norm)
     trainer = Trainer(s, lambda s: build_cnn9(norm=s.norm, name="spherenet9"),
                       data=((images, labels), (images[:100], labels[:100])))
-    iterator = trainer._train_iterator(0)
+    iterator = trainer.task.train_iterator(0)
 
     def run():
-        fit, reg, orth, acc = trainer._train_step(iterator)
+        fit, reg, orth, acc = trainer.task.train_step(iterator)
         float(fit), float(acc)
 
     return run

@@ -11,7 +11,7 @@ TF profiler (`tf.profiler.experimental`) with a plain-text table.
 import argparse
 import collections
 
-import common  # noqa: F401
+import common  # noqa: F401  (quiet TF logs)
 import numpy as np
 import tensorflow as tf
 
@@ -52,7 +52,7 @@ def main():
     args = parser.parse_args()
     tf.compat.v1.disable_eager_execution()
     from layer_bench import SHAPES
-    from spherenet_tf import SphereConv2D, sphere_ops
+    from spherenet_tf import SphereConv2D
 
     def build_layer():
         size, c_in, c_out, k, pad = SHAPES[args.layer]
@@ -62,17 +62,18 @@ def main():
 
             layer = keras.layers.Conv2D(c_out, k, padding=pad, use_bias=False)
         else:
-            layer = SphereConv2D(c_out, k, padding=pad, norm=args.norm)
+            layer = SphereConv2D(c_out, k, padding=pad, norm=args.norm,
+                                 formulation="original" if args.original else "fast")
         y = layer(x)
         loss = tf.reduce_sum(y * y)
         return tf.gradients(loss, [x] + layer.trainable_weights)
 
     def build_step():
         from train_step_bench import MODELS
-        from spherenet_tf.layers import regularization_terms
+        from spherenet_tf.regularizers import regularization_terms
         from spherenet_tf.losses import loss2_per_example
 
-        model = MODELS[args.model]()
+        model = MODELS[args.model + ("_original" if args.original else "")]()
         rng = np.random.RandomState(0)
         x = tf.constant(rng.uniform(0, 255, (args.batch, 32, 32, 3)).astype(np.float32))
         y = tf.constant(rng.randint(0, 10, args.batch).astype(np.int32))
@@ -82,11 +83,7 @@ def main():
         return tf.gradients(loss, model.trainable_variables)
 
     build = build_layer if args.what == "layer" else build_step
-    if args.original:
-        with sphere_ops.original_formulation():
-            totals = profile_graph(build, args.runs)
-    else:
-        totals = profile_graph(build, args.runs)
+    totals = profile_graph(build, args.runs)
     total = sum(totals.values())
     print(f"{args.what} {args.layer if args.what == 'layer' else args.model} norm={args.norm} "
           f"batch={args.batch}: op time summed over {args.runs} runs = {total:.1f} ms")

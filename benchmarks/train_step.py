@@ -17,7 +17,6 @@ scripts' policy (`mixed_float16` with loss scaling on a GPU, `mixed_bfloat16` on
 """
 
 import argparse
-import contextlib
 import json
 import statistics
 import os
@@ -28,7 +27,6 @@ import common
 import keras
 import tensorflow as tf
 
-from spherenet_tf import sphere_ops
 from spherenet_tf.training import precision_policy
 from train_step_bench import MODELS, make_step
 
@@ -39,17 +37,13 @@ PAIRS = {  # model -> the baseline it is compared with
 
 
 def build(name):
-    if name == "spherenet9_original":
-        return MODELS["spherenet9"]()
     return MODELS[name]()
 
 
 def step_fn(name, batch, jit):
     """The model's compiled training step, traced (under the original formulation for
     `spherenet9_original`) and already run three times, so its optimizer slots exist."""
-    original = name == "spherenet9_original"
-    with sphere_ops.original_formulation() if original else contextlib.nullcontext():
-        run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=build(name))
+    run, _ = make_step(name, batch, repeats=1, jit_compile=jit, model=build(name))
     return run
 
 
@@ -72,7 +66,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7,
                         help="timed repetitions of each step; the median is reported (default 7)")
     parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn",
-                        help=f"comma-separated, from {','.join(list(MODELS) + ['spherenet9_original'])}")
+                        help=f"comma-separated, from {','.join(MODELS)}")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each model's peak step memory in fresh processes")
     parser.add_argument("--memory_repeats", type=int, default=3,

@@ -1,17 +1,19 @@
 """Shared by the benchmarks: a compiled training step of one of the four models."""
 
-import common  # noqa: F401  (path set-up)
+import common  # noqa: F401  (quiet TF logs)
 import keras
 import numpy as np
 import tensorflow as tf
 
-from spherenet_tf.layers import regularization_terms
+from spherenet_tf.regularizers import regularization_terms
 from spherenet_tf.losses import loss2_per_example
 from spherenet_tf.models import build_cnn9, build_resnet32
 from spherenet_tf.training import ADAM
 
 MODELS = {
     "spherenet9": lambda: build_cnn9(norm="cosine", reg=False, orth=True, name="spherenet9"),
+    "spherenet9_original": lambda: build_cnn9(norm="cosine", reg=False, orth=True, formulation="original",
+                                              name="spherenet9_original"),
     "spherenet9_linear": lambda: build_cnn9(norm="linear", reg=False, orth=True, name="spherenet9_linear"),
     "baseline_cnn": lambda: build_cnn9(norm="none", reg=True, orth=False, name="baseline_cnn"),
     "sphere_resnet32": lambda: build_resnet32(norm="linear", reg=False, orth=True),

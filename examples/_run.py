@@ -1,23 +1,36 @@
 """Runs an example's settings on the SphereNet-9 training of `train_spherenet.py`.
 
 An example file holds only the four switches of `spherenet.py` (`norm`, `w_norm`,
-`widths`, `fc6_bn`); everything else (batch size, schedule, data, log lines) is
+`widths`, `fc6_bn`), and the dataset where it is not CIFAR-10 (`dataset`); everything else (batch size, schedule, data, log lines) is
 `train_spherenet.py`'s, and can be overridden on the command line as there.  Runs go
 to `models/<example name>/` unless `--model_file` says otherwise.
 """
 
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(EXAMPLES)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-import spherenet  # noqa: E402
-import train_spherenet  # noqa: E402
 from spherenet_tf import training  # noqa: E402
+from spherenet_tf.cifar10_input import DATASETS  # noqa: E402
+
+
+def _repository_file(name):
+    """The repository's `name`.py (spherenet.py, train_spherenet.py) as the module `name`:
+    the examples build on them, and they are files of the repository, not of the package.
+    (Registered under its name, so that train_spherenet's `import spherenet` finds it.)"""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+spherenet = _repository_file("spherenet")
+train_spherenet = _repository_file("train_spherenet")
 
 #: The switches an example may set, as named in spherenet.py.
 SWITCHES = ("norm", "w_norm", "widths", "fc6_bn")
@@ -32,8 +45,11 @@ def differences(example_globals):
     def canonical(value):
         return tuple(value) if isinstance(value, (list, tuple)) else value
 
-    return {k for k, v in switches(example_globals).items()
-            if canonical(v) != canonical(getattr(spherenet, k))}
+    changed = {k for k, v in switches(example_globals).items()
+               if canonical(v) != canonical(getattr(spherenet, k))}
+    if example_globals.get("dataset", "cifar10") != "cifar10":
+        changed.add("dataset")
+    return changed
 
 
 def build_model_fn(example_globals):
@@ -52,10 +68,13 @@ def settings_block(example_globals, example_file):
     """train_spherenet.py's settings block with the example's switches and folders."""
     block = {k: getattr(train_spherenet, k) for k in
              ("n_class", "batch_sz", "batch_test", "max_epoch", "lr", "augmentation")}
+    dataset = DATASETS[example_globals.get("dataset", "cifar10")]
     block.update(
         norm=example_globals["norm"],
         w_norm=example_globals["w_norm"],
-        data_path=os.path.join(REPO, "cifar10") + os.sep,
+        dataset=dataset.name,
+        n_class=dataset.n_class,
+        data_path=os.path.join(REPO, dataset.name) + os.sep,
         model_file=os.path.join(REPO, "models", os.path.splitext(os.path.basename(example_file))[0]) + os.sep,
     )
     return block
@@ -64,5 +83,4 @@ def settings_block(example_globals, example_file):
 def train(example_globals, example_file, argv=None):
     doc = (example_globals.get("__doc__") or "").strip().split("\n")[0]
     training.main(settings_block(example_globals, example_file), build_model_fn(example_globals),
-                  example_file, argv=argv, description=doc,
-                  help_from=[train_spherenet.__file__])
+                  example_file, argv=argv, description=doc)

@@ -10,12 +10,7 @@ pool, then the plain 1x1 `score` layer.
 Change `norm` / `w_norm` below as in `../spherenet.py`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spherenet_tf.models import build_resnet32  # noqa: E402
+from spherenet_tf.models import build_resnet32
 
 # SphereConv type of `root` and of every unit's `first`/`second` convolution (the
 # original's default is linear); values as in spherenet.py.

@@ -10,11 +10,8 @@ same schedule and log lines as `../train_spherenet.py`.  The original writes
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info lines out of the log
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sphere_resnet_v1  # noqa: E402
 from spherenet_tf import training  # noqa: E402

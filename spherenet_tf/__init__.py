@@ -4,23 +4,25 @@
 the TF1 reference code wy1iu/SphereNet.
 """
 
-from .layers import (
-    SphereConv2D,
-    batch_norm,
-    conv_layer,
+__version__ = "1.0.0"
+
+from .layers import SphereConv2D, batch_norm, conv_layer, sphere_conv_layers
+from .losses import Loss2, loss2
+from .regularizers import (
+    L2Loss,
+    OrthogonalityRegularizer,
+    orthogonality_loss,
     orthogonality_losses,
     regularization_terms,
-    sphere_conv_layers,
     weight_decay_losses,
 )
-from .losses import Loss2, loss2
-from .regularizers import L2Loss, orthogonality_loss
 
 # Beyond the original repository (imported here so that .keras files using them load).
 from .ga_softmax import GASoftmaxScore
 from .sphere_norm import SphereNorm2D
 
 __all__ = [
+    "__version__",
     "SphereConv2D",
     "batch_norm",
     "conv_layer",
@@ -31,6 +33,7 @@ __all__ = [
     "Loss2",
     "loss2",
     "L2Loss",
+    "OrthogonalityRegularizer",
     "orthogonality_loss",
     "GASoftmaxScore",
     "SphereNorm2D",

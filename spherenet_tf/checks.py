@@ -2,8 +2,7 @@
 was received, what is allowed and what to do.
 
 The original (wy1iu/SphereNet, TF1) has no such checks: bad input there ends in a
-shape error deep inside the graph, or in NaN.  See README, "Differences from the
-original".
+shape error deep inside the graph, or in NaN.  See docs/differences.md.
 """
 
 import json
@@ -16,7 +15,7 @@ class InputError(ValueError):
 def check_tf_config(text):
     """Validate the TF_CONFIG environment variable of `--strategy multi_worker`.
 
-    Returns the parsed dict.  Expected form (README, "Several machines"):
+    Returns the parsed dict.  Expected form (docs/distributed.md, "Several machines"):
     {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}
     """
     example = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
@@ -25,7 +24,7 @@ def check_tf_config(text):
         raise InputError(
             "--strategy multi_worker needs the TF_CONFIG environment variable describing the "
             f"cluster; it is not set. Set it on every machine, e.g. {example} (index 1 on the "
-            "second machine); see README, 'Several machines'."
+            "second machine); see docs/distributed.md, 'Several machines'."
         )
     try:
         config = json.loads(text)

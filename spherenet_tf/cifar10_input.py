@@ -1,14 +1,16 @@
-"""CIFAR-10 input: the original's binary files or tensorflow-datasets, one pipeline.
+"""CIFAR-10 and CIFAR-100 input: the original's binary files or tensorflow-datasets.
 
 Ports `cifar10_input.py` (SphereNet-9, flip-only augmentation) and
 `sphere_resnet/cifar10plus_input.py` (CIFAR-10+: symmetric 4-pixel pad, random 32x32
-crop, flip) of wy1iu/SphereNet.  Where the data comes from:
+crop, flip) of wy1iu/SphereNet.  The original ships CIFAR-10 only; "Deep Hyperspherical
+Learning" also reports CIFAR-100, which is read the same way (`dataset="cifar100"`: the
+100 fine labels).  Where the data comes from:
 
-1. If `data_path` holds the original's binary files (`data_batch_1.bin` ...
+1. If `data_path` holds the dataset's binary files (CIFAR-10: `data_batch_1.bin` ...
    `data_batch_5.bin`, `test_batch.bin`, as `dataset_setup.sh` of the original left
-   them), they are read, so users of the original keep their data.
-2. Else a tensorflow-datasets copy of `cifar10` under `data_path` is used, and
-   downloaded there first when it is missing and the network is reachable
+   them; CIFAR-100: `train.bin`, `test.bin`), they are read.
+2. Else a tensorflow-datasets copy (`cifar10` / `cifar100`) under `data_path` is used,
+   and downloaded there first when it is missing and the network is reachable
    (`./dataset_setup.sh` does that ahead of time).
 
 Images reach the model as float32 in 0..255 (the model normalises them).
@@ -21,6 +23,7 @@ replicas or workers that share it.
 """
 
 import argparse
+import collections
 import os
 import re
 import socket
@@ -30,21 +33,48 @@ import numpy as np
 import tensorflow as tf
 
 IMAGE_SIZE = 32
-NUM_CLASSES = 10
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 NUM_TRAIN = 50000
 NUM_TEST = 10000
-RECORD_BYTES = 1 + 32 * 32 * 3  # label byte + depth-major 3x32x32 image
-TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
-TEST_FILE = "test_batch.bin"
 #: CIFAR-10+ padding of the original `cifar10plus_input.py`.
 PLUS_PAD = 4
 AUGMENTATIONS = ("flip", "cifar10plus", "none")
 
-SETUP_HINT = (
-    "Run `./dataset_setup.sh {path}` on a machine with internet access (it downloads "
-    "CIFAR-10 with tensorflow-datasets), or copy the original's binary files "
-    "(data_batch_1.bin ... data_batch_5.bin, test_batch.bin) into {path}."
-)
+#: One dataset: its classes, binary files and records, and its tensorflow-datasets name.
+#: A binary record is `label_bytes` label bytes (the class is the last one: CIFAR-100's
+#: fine label follows its coarse label) and a depth-major 3x32x32 image.
+Dataset = collections.namedtuple(
+    "Dataset", "name title n_class label_bytes coarse_classes train_files test_file url")
+DATASETS = {
+    "cifar10": Dataset("cifar10", "CIFAR-10", 10, 1, None,
+                       tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin",
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    "cifar100": Dataset("cifar100", "CIFAR-100", 100, 2, 20, ("train.bin",), "test.bin",
+                        "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
+}
+NUM_CLASSES = DATASETS["cifar10"].n_class
+RECORD_BYTES = 1 + IMAGE_BYTES  # CIFAR-10: label byte + depth-major 3x32x32 image
+TRAIN_FILES = list(DATASETS["cifar10"].train_files)
+TEST_FILE = DATASETS["cifar10"].test_file
+
+
+def dataset_spec(dataset):
+    """The `Dataset` named `dataset` ('cifar10' or 'cifar100')."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r} is not one of {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def record_bytes(dataset="cifar10"):
+    return dataset_spec(dataset).label_bytes + IMAGE_BYTES
+
+
+def setup_hint(path, dataset="cifar10"):
+    d = dataset_spec(dataset)
+    files = ", ".join(d.train_files + (d.test_file,))
+    return (f"Run `./dataset_setup.sh --dataset {d.name} {path}` on a machine with internet "
+            f"access (it downloads {d.title} with tensorflow-datasets), or copy the binary "
+            f"files of {d.title} ({files}) into {path}.")
 
 
 class DatasetError(RuntimeError):
@@ -54,53 +84,69 @@ class DatasetError(RuntimeError):
 # ---------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------
-def read_binary_file(path, expected_records=None):
-    """Decode one CIFAR-10 binary file into (images uint8 [N,32,32,3], labels int32 [N])."""
+def read_binary_file(path, dataset="cifar10"):
+    """Decode one binary file of `dataset` into (images uint8 [N,32,32,3], labels int32 [N]).
+
+    Any whole number of records is read (the original's reader takes any: users train
+    on subsets, or on their own data in this format); a partial record is refused.
+    CIFAR-100's label is the fine label (100 classes), the record's second byte.
+    """
+    d = dataset_spec(dataset)
+    n_bytes = record_bytes(dataset)
     size = os.path.getsize(path)
-    if size == 0 or size % RECORD_BYTES:
+    if size == 0 or size % n_bytes:
+        other = [o.title for o in DATASETS.values() if o is not d
+                 and size and size % (o.label_bytes + IMAGE_BYTES) == 0]
         raise DatasetError(
-            f"{path} is truncated or not a CIFAR-10 binary file: {size} bytes is not a "
-            f"multiple of the {RECORD_BYTES}-byte record (1 label byte + 3072 image bytes). "
-            "Delete it and download the data again (./dataset_setup.sh)."
+            f"{path} is truncated or not a {d.title} binary file: {size} bytes is not a "
+            f"multiple of the {n_bytes}-byte record ({d.label_bytes} label byte"
+            f"{'s' if d.label_bytes > 1 else ''} + {IMAGE_BYTES} image bytes)"
+            + (f"; it would fit {other[0]}'s records (--dataset {other[0].lower().replace('-', '')})"
+               if other else "")
+            + f". Delete it and download the data again (./dataset_setup.sh --dataset {d.name})."
         )
-    n = size // RECORD_BYTES
-    if expected_records is not None and n != expected_records:
+    n = size // n_bytes
+    raw = np.fromfile(path, dtype=np.uint8).reshape(n, n_bytes)
+    labels = raw[:, d.label_bytes - 1].astype(np.int32)
+    if labels.max() >= d.n_class or (d.coarse_classes and raw[:, 0].max() >= d.coarse_classes):
+        bad = (f"coarse label {raw[:, 0].max()} (0..{d.coarse_classes - 1})"
+               if labels.max() < d.n_class else f"label {labels.max()} (0..{d.n_class - 1})")
         raise DatasetError(
-            f"{path} holds {n} records; a CIFAR-10 batch file holds {expected_records}. "
-            "The file is truncated or from another dataset: delete it and download the data "
-            "again (./dataset_setup.sh)."
-        )
-    raw = np.fromfile(path, dtype=np.uint8).reshape(n, RECORD_BYTES)
-    labels = raw[:, 0].astype(np.int32)
-    if labels.max() >= NUM_CLASSES:
-        raise DatasetError(
-            f"{path} has label {labels.max()} (CIFAR-10 labels are 0..9): the file is corrupt "
-            "or from another dataset (CIFAR-100 binaries have 2 label bytes)."
+            f"{path} has {bad}: the file is corrupt or not {d.title}"
+            + (" (CIFAR-100 binaries have 2 label bytes: --dataset cifar100)" if d.name == "cifar10" else "")
+            + "."
         )
     # depth-major [3, 32, 32] -> [32, 32, 3], as the original's transpose([1, 2, 0])
-    images = raw[:, 1:].reshape(n, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    images = raw[:, d.label_bytes:].reshape(n, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
 
-def has_binary_files(data_path):
-    return any(os.path.exists(os.path.join(data_path, f)) for f in TRAIN_FILES + [TEST_FILE])
+def has_binary_files(data_path, dataset="cifar10"):
+    d = dataset_spec(dataset)
+    return any(os.path.exists(os.path.join(data_path, f)) for f in d.train_files + (d.test_file,))
 
 
-def load_binary(data_path):
-    missing = [f for f in TRAIN_FILES + [TEST_FILE] if not os.path.exists(os.path.join(data_path, f))]
+def load_binary(data_path, dataset="cifar10"):
+    d = dataset_spec(dataset)
+    names = d.train_files + (d.test_file,)
+    missing = [f for f in names if not os.path.exists(os.path.join(data_path, f))]
     if missing:
         raise DatasetError(
-            f"{data_path} holds some of the original CIFAR-10 binary files but not "
-            f"{', '.join(missing)}. " + SETUP_HINT.format(path=data_path)
+            f"{data_path} holds some of the {d.title} binary files but not "
+            f"{', '.join(missing)}. " + setup_hint(data_path, dataset)
         )
-    parts = [read_binary_file(os.path.join(data_path, f), 10000) for f in TRAIN_FILES]
+    parts = [read_binary_file(os.path.join(data_path, f), dataset) for f in d.train_files]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    test = read_binary_file(os.path.join(data_path, TEST_FILE), 10000)
+    test = read_binary_file(os.path.join(data_path, d.test_file), dataset)
+    if (len(train[0]), len(test[0])) != (NUM_TRAIN, NUM_TEST):
+        print(f"note: the binary files in {data_path} hold {len(train[0])} training and "
+              f"{len(test[0])} test images ({d.title} has {NUM_TRAIN} and {NUM_TEST}); using "
+              "them as they are.", file=sys.stderr)
     return train, test
 
 
 def _network_reachable(host="www.cs.toronto.edu", port=443, timeout=5.0):
-    """Whether the CIFAR-10 download host answers; tfds would otherwise retry for minutes."""
+    """Whether the CIFAR download host answers; tfds would otherwise retry for minutes."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -108,8 +154,9 @@ def _network_reachable(host="www.cs.toronto.edu", port=443, timeout=5.0):
         return False
 
 
-def load_tfds(data_path, download=True):
-    """CIFAR-10 from tensorflow-datasets under `data_path` (downloaded there if allowed)."""
+def load_tfds(data_path, download=True, dataset="cifar10"):
+    """`dataset` from tensorflow-datasets under `data_path` (downloaded there if allowed)."""
+    d = dataset_spec(dataset)
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - requirements install it
@@ -117,7 +164,7 @@ def load_tfds(data_path, download=True):
             f"tensorflow-datasets is not installed ({e}); pip install -r requirements.txt"
         ) from e
     try:
-        builder = tfds.builder("cifar10", data_dir=data_path)
+        builder = tfds.builder(d.name, data_dir=data_path)
         return _read_tfds(builder)
     except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as missing:
         # tfds says "could not find data": fall through to the download.
@@ -126,20 +173,20 @@ def load_tfds(data_path, download=True):
         # The data is there but cannot be read: truncated or corrupt records, or
         # metadata that does not match them.  Downloading over it would not help.
         raise DatasetError(
-            f"The tensorflow-datasets copy of CIFAR-10 in {data_path} is corrupt or incomplete "
+            f"The tensorflow-datasets copy of {d.title} in {data_path} is corrupt or incomplete "
             f"({type(e).__name__}: {_error_text(e)}). Delete "
-            f"{os.path.join(data_path, 'cifar10')} and prepare it again: "
-            + SETUP_HINT.format(path=data_path)
+            f"{os.path.join(data_path, d.name)} and prepare it again: "
+            + setup_hint(data_path, dataset)
         ) from None
     if not download:
-        raise DatasetError(f"No CIFAR-10 data in {data_path} ({reason}). " + SETUP_HINT.format(path=data_path))
+        raise DatasetError(f"No {d.title} data in {data_path} ({reason}). " + setup_hint(data_path, dataset))
     if not _network_reachable():
         raise DatasetError(
-            f"No CIFAR-10 data in {data_path} (neither the original's binary files nor a "
+            f"No {d.title} data in {data_path} (neither binary files nor a "
             "tensorflow-datasets copy) and the download host www.cs.toronto.edu cannot be "
-            "reached. " + SETUP_HINT.format(path=data_path)
+            "reached. " + setup_hint(data_path, dataset)
         )
-    print(f"Downloading CIFAR-10 into {data_path} (tensorflow-datasets) ...", file=sys.stderr)
+    print(f"Downloading {d.title} into {data_path} (tensorflow-datasets) ...", file=sys.stderr)
     builder.download_and_prepare()
     return _read_tfds(builder)
 
@@ -159,6 +206,7 @@ def _read_tfds(builder):
     out = []
     for split in ("train", "test"):
         images, labels = [], []
+        # as_supervised: (image, label); CIFAR-100's `label` is the fine label
         for x, y in tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(5000)):
             images.append(x)
             labels.append(y)
@@ -166,19 +214,26 @@ def _read_tfds(builder):
     return tuple(out)
 
 
-def load_cifar10(data_path, download=True):
-    """((train_images, train_labels), (test_images, test_labels)) as uint8/int32 arrays."""
-    if has_binary_files(data_path):
-        (train, test) = load_binary(data_path)
+def load_dataset(data_path, dataset="cifar10", download=True):
+    """((train_images, train_labels), (test_images, test_labels)) of `dataset` as
+    uint8/int32 arrays."""
+    d = dataset_spec(dataset)
+    if has_binary_files(data_path, dataset):
+        (train, test) = load_binary(data_path, dataset)
     else:
-        train, test = load_tfds(data_path, download=download)
-    for name, (images, labels), n in [("train", train, NUM_TRAIN), ("test", test, NUM_TEST)]:
+        train, test = load_tfds(data_path, download=download, dataset=dataset)
+    for name, (images, labels) in [("train", train), ("test", test)]:
         if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or len(images) != len(labels):
             raise DatasetError(
-                f"CIFAR-10 {name} split in {data_path} has images of shape {images.shape} and "
+                f"{d.title} {name} split in {data_path} has images of shape {images.shape} and "
                 f"{len(labels)} labels; expected [N, 32, 32, 3] images with one label each."
             )
     return train, test
+
+
+def load_cifar10(data_path, download=True):
+    """CIFAR-10 (`load_dataset(data_path, "cifar10")`)."""
+    return load_dataset(data_path, "cifar10", download)
 
 
 # ---------------------------------------------------------------------------
@@ -289,18 +344,23 @@ def test_dataset(images, labels, batch_size, shard=(0, 1)):
 # ---------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Download and prepare CIFAR-10 (tensorflow-datasets) into a folder, or "
-        "check an existing copy (the original's binary files or a tfds copy)."
+        description="Download and prepare CIFAR-10 or CIFAR-100 (tensorflow-datasets) into a "
+        "folder, or check an existing copy (binary files or a tfds copy)."
     )
-    parser.add_argument("data_path", nargs="?", default="cifar10/", help="data folder (default: cifar10/)")
+    parser.add_argument("data_path", nargs="?", default=None,
+                        help="data folder (default: cifar10/ or cifar100/)")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
+                        help="which dataset (default: cifar10)")
     args = parser.parse_args(argv)
-    os.makedirs(args.data_path, exist_ok=True)
+    d = DATASETS[args.dataset]
+    data_path = args.data_path or f"{d.name}/"
+    os.makedirs(data_path, exist_ok=True)
     try:
-        (train_x, _), (test_x, _) = load_cifar10(args.data_path, download=True)
+        (train_x, _), (test_x, _) = load_dataset(data_path, args.dataset, download=True)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"CIFAR-10 ready in {args.data_path}: {len(train_x)} training and {len(test_x)} test images")
+    print(f"{d.title} ready in {data_path}: {len(train_x)} training and {len(test_x)} test images")
     return 0
 
 

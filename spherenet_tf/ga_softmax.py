@@ -38,10 +38,10 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from . import sphere_ops
-from .layers import original_kernel_initializer, validate_option
+from . import portable_ops, sphere_ops
+from .layers import SphereConv2D, original_kernel_initializer, uses_portable_ops, validate_option
 
 #: The angular functions g of the GA-softmax logit |x| g(theta).
 G_FUNCTIONS = ("linear", "cosine", "sigmoid")
@@ -71,13 +71,13 @@ def psi(theta, g, margin):
     if g == "linear":
         return 1.0 - sphere_ops.LINEAR_SLOPE * m_theta
     # The piece index k is constant (no gradient); within a piece psi is smooth.
-    piece = tf.stop_gradient(tf.floor(m_theta / np.pi))
+    piece = ops.stop_gradient(ops.floor(m_theta / np.pi))
     if g == "sigmoid":
         k = sphere_ops.SIGMOID_K
-        e = tf.exp((m_theta - np.pi * piece) / k - np.pi / (2 * k))
+        e = ops.exp((m_theta - np.pi * piece) / k - np.pi / (2 * k))
         return sphere_ops.sigmoid_constant(k) * (1.0 - e) / (1.0 + e) - 2.0 * piece
-    sign = 1.0 - 2.0 * tf.math.floormod(piece, 2.0)  # (-1)^k
-    return sign * tf.cos(m_theta) - 2.0 * piece
+    sign = 1.0 - 2.0 * ops.mod(piece, 2.0)  # (-1)^k
+    return sign * ops.cos(m_theta) - 2.0 * piece
 
 
 def margin_logits(logits, xnorm, cos, labels, g, margin):
@@ -96,27 +96,27 @@ def margin_logits(logits, xnorm, cos, labels, g, margin):
     margin = validate_margin("margin_logits", margin)
     if margin == 1.0:
         return logits
-    logits = tf.convert_to_tensor(logits)
+    logits = ops.convert_to_tensor(logits)
     n_class = logits.shape[-1]
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    onehot = tf.one_hot(labels, n_class, on_value=True, off_value=False)
-    cos_y = tf.gather(tf.cast(cos, tf.float32), labels, axis=1, batch_dims=1)
-    xnorm = tf.reshape(tf.cast(xnorm, tf.float32), [-1])
-    target = xnorm * psi(sphere_ops.safe_acos(cos_y), g, margin)
-    return tf.where(onehot, tf.cast(target[:, None], logits.dtype), logits)
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    onehot = ops.one_hot(labels, n_class, dtype="float32") > 0.5
+    cos_y = ops.take_along_axis(ops.cast(cos, "float32"), labels[:, None], axis=1)[:, 0]
+    xnorm = ops.reshape(ops.cast(xnorm, "float32"), (-1,))
+    acos = sphere_ops.safe_acos if keras.backend.backend() == "tensorflow" else portable_ops.safe_acos
+    target = xnorm * psi(acos(cos_y), g, margin)
+    return ops.where(onehot, ops.cast(target[:, None], logits.dtype), logits)
 
 
 def sphere_conv_cosines(layer, inputs):
     """(|x|, cos theta) of a SphereConv2D score layer on its input, flattened to
     [B] and [B, filters] (the layer must produce one position, e.g. 1x1 on [B,1,1,C])."""
-    inputs = tf.cast(inputs, tf.float32)
-    kernel = tf.cast(layer.kernel, tf.float32)
+    inputs = ops.cast(inputs, "float32")
+    kernel = ops.cast(layer.kernel, "float32")
     conv = keras.layers.Conv2D.convolution_op(layer, inputs, kernel)
-    xnorm = sphere_ops.patch_norm(inputs, layer.kernel_size, layer.strides, layer.padding,
-                                  layer.dilation_rate)
-    wnorm = sphere_ops.filter_norm(kernel)
+    xnorm = layer.patch_norm(inputs)
+    wnorm = layer.filter_norm(kernel)
     cos = conv / xnorm / wnorm
-    return tf.reshape(xnorm, [-1]), tf.reshape(cos, [-1, layer.filters])
+    return ops.reshape(xnorm, (-1,)), ops.reshape(cos, (-1, layer.filters))
 
 
 def margin_forward(model, margin, score_name="score"):
@@ -128,8 +128,6 @@ def margin_forward(model, margin, score_name="score"):
     classifier must be a SphereConv2D named `score_name` with a weight-normalised
     `w_norm` (its g), as in every model of this port.
     """
-    from .layers import SphereConv2D
-
     margin = validate_margin("--margin", margin)
     try:
         score = model.get_layer(score_name)
@@ -223,19 +221,20 @@ class GASoftmaxScore(keras.layers.Layer):
 
     def angles(self, features):
         """(|x| [B, 1], cos theta [B, units], margin-free logits [B, units])."""
-        x = tf.cast(features, tf.float32)
-        w = tf.cast(self.kernel, tf.float32)
-        dot = tf.matmul(x, w)
-        xnorm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True) + sphere_ops.NORM_EPS)
-        wnorm = tf.sqrt(tf.reduce_sum(tf.square(w), axis=0) + sphere_ops.NORM_EPS)
-        logits = sphere_ops.sphere_response(dot, xnorm, wnorm, norm="none", w_norm=self.g)
+        x = ops.cast(features, "float32")
+        w = ops.cast(self.kernel, "float32")
+        dot = ops.matmul(x, w)
+        xnorm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + sphere_ops.NORM_EPS)
+        wnorm = ops.sqrt(ops.sum(ops.square(w), axis=0) + sphere_ops.NORM_EPS)
+        ops_module = portable_ops if uses_portable_ops("fast") else sphere_ops
+        logits = ops_module.sphere_response(dot, xnorm, wnorm, norm="none", w_norm=self.g)
         return xnorm, dot / xnorm / wnorm, logits
 
     def call(self, features, labels=None):
         xnorm, cos, logits = self.angles(features)
         if labels is not None:
             logits = margin_logits(logits, xnorm, cos, labels, self.g, self.margin)
-        return tf.cast(logits, self.compute_dtype)
+        return ops.cast(logits, self.compute_dtype)
 
     def compute_output_shape(self, features_shape, labels_shape=None):
         return (features_shape[0], self.units)

@@ -7,13 +7,13 @@ adds the Keras contract (validated options, weights, losses, serialisation) and 
 `conv_layer` helper that mirrors the original's conv -> BN -> ReLU block.
 """
 
-import difflib
-
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from . import regularizers, sphere_ops
+from . import portable_ops, regularizers, sphere_ops
+from .messages import closest
 
 #: BatchNormalization settings of the original's hand-written BN (`batch_norm`).
 BN_DECAY = 0.999
@@ -25,20 +25,16 @@ BN_EPSILON = 1e-3
 BN_MOMENTUM = float(np.float32(BN_DECAY))
 
 
-def _closest(value, allowed):
-    match = difflib.get_close_matches(str(value).lower(), allowed, n=1, cutoff=0.5)
-    return f" Did you mean {match[0]!r}?" if match else ""
-
-
 def validate_option(layer_name, argument, value, allowed):
     """Return `value` if it is one of `allowed`, else raise a ValueError that says
     what was received, what is allowed and the closest allowed value."""
     if isinstance(value, str) and value in allowed:
         return value
+    match = closest(value, allowed)
     raise ValueError(
         f"Unknown value for `{argument}` argument of {layer_name}. "
         f"Allowed values are: {', '.join(repr(a) for a in allowed)}. "
-        f"Received: {argument}={value!r}.{_closest(value, allowed)}"
+        f"Received: {argument}={value!r}." + (f" Did you mean {match!r}?" if match else "")
     )
 
 
@@ -46,7 +42,7 @@ def _no_float16_compute(dtype):
     """The dtype policy of a SphereConv with an angular function: `dtype` (or the global
     policy), except that a float16 compute dtype becomes float32.
 
-    Numerical safety under 'mixed_float16' (README, "Differences from the original"):
+    Numerical safety under 'mixed_float16' (docs/differences.md):
     float16 stops at 65504, so a float16 x.W overflows for large patches or filters
     and the backward pass of near-parallel patches overflows too.  Such a layer takes
     the float16 inputs (exactly widened) and returns float32; the next layer casts
@@ -57,6 +53,17 @@ def _no_float16_compute(dtype):
     if policy.compute_dtype == "float16":
         return "float32"
     return dtype
+
+
+#: `formulation` values of a layer: those of `sphere_ops` (TensorFlow) and 'portable'
+#: (`portable_ops`: keras.ops, what every other backend runs; selectable on TF for tests).
+LAYER_FORMULATIONS = sphere_ops.FORMULATIONS + ("portable",)
+
+
+def uses_portable_ops(formulation):
+    """Whether a layer computes with `portable_ops`: always outside TensorFlow (the
+    'fast' and 'original' formulations are TF programs), or when asked for."""
+    return formulation == "portable" or keras.backend.backend() != "tensorflow"
 
 
 def original_kernel_initializer():
@@ -107,6 +114,12 @@ class SphereConv2D(keras.layers.Conv2D):
       orth: add the original's orthogonality loss 2e-4 * l2_loss(W^T W - I) to the
         layer's losses.  It is also available on its own as `orthogonality_loss()`
         so a training loop can report it apart from weight decay.
+      formulation: 'fast' (default: the port's exact rewrites, see `sphere_ops`),
+        'original' (the original's order of arithmetic: a ones-kernel patch norm,
+        `conv / |x| / |W|` and autodiff; slower, for comparisons with the original)
+        or 'portable' (`portable_ops`, keras.ops and autodiff).  The three agree to
+        the last bits.  'fast' and 'original' are TensorFlow programs: under the JAX
+        and PyTorch backends every layer computes with 'portable'.
       use_bias: default False: the original has no bias anywhere.
       kernel_initializer: default N(0, sqrt(2/(k*k*C_in))), the original's.
       **kwargs: anything `keras.layers.Conv2D` accepts (`kernel_regularizer`,
@@ -122,7 +135,7 @@ class SphereConv2D(keras.layers.Conv2D):
     Example:
 
     >>> layer = SphereConv2D(64, 3, norm="linear", orth=True)
-    >>> y = layer(tf.random.normal((2, 32, 32, 3)))  # values in [-1, 1]
+    >>> y = layer(keras.random.normal((2, 32, 32, 3)))  # values in [-1, 1]
     """
 
     def __init__(
@@ -138,9 +151,11 @@ class SphereConv2D(keras.layers.Conv2D):
         kernel_initializer=None,
         magnitude="none",
         rho="batch_mean",
+        formulation="fast",
         **kwargs,
     ):
         name = type(self).__name__
+        formulation = validate_option(name, "formulation", formulation, LAYER_FORMULATIONS)
         norm = validate_option(name, "norm", norm, sphere_ops.NORMS)
         w_norm = validate_option(name, "w_norm", w_norm, sphere_ops.W_NORMS)
         magnitude = validate_option(name, "magnitude", magnitude, sphere_ops.MAGNITUDES)
@@ -176,6 +191,7 @@ class SphereConv2D(keras.layers.Conv2D):
         self.orth = orth
         self.magnitude = magnitude
         self.rho = rho
+        self.formulation = formulation
         self.radius = None
         self.xnorm_moving_mean = None
         if self.data_format != "channels_last":
@@ -198,6 +214,10 @@ class SphereConv2D(keras.layers.Conv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
+        if self.orth:
+            # The constraint is a function of the kernel alone: a regulariser of it, beside
+            # the layer's own weight decay (`kernel_regularizer`, unchanged).
+            self._kernel.regularizer = regularizers.OrthogonalityRegularizer(self.kernel_regularizer)
         if self.norm == "lr_sigmoid":
             self.k_value = self.add_weight(
                 name="k_value",
@@ -223,17 +243,20 @@ class SphereConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if not self._is_spherical:
             return super().convolution_op(inputs, kernel)
-        if self.w_norm == "none" and not sphere_ops.original_formulation_active():
+        if uses_portable_ops(self.formulation):
+            return self._portable_convolution(inputs, kernel)
+        original = self.formulation == "original"
+        if self.w_norm == "none" and not original:
             return self._unit_filter_convolution(inputs, kernel)
         # The convolution and the filter norm use the filter rescaled by a power of two
         # to max|W| ~ 1 (`sphere_ops.kernel_scale`): the cosine keeps every bit, and
         # neither x.W nor the norm's gradient can overflow when inputs are large and
-        # filters large or small (README, "Differences from the original").
+        # filters large or small (docs/differences.md).
         w_scale = sphere_ops.kernel_scale(kernel)
         scaled_kernel = kernel / w_scale
         conv = super().convolution_op(inputs, scaled_kernel)
         xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
+            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate, original
         )
         wnorm = sphere_ops.scaled_filter_norm(scaled_kernel, tf.cast(w_scale, tf.float32))
         k = None
@@ -241,7 +264,7 @@ class SphereConv2D(keras.layers.Conv2D):
             k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
         out = sphere_ops.sphere_response(
             tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k,
-            w_scale=tf.cast(w_scale, tf.float32),
+            w_scale=tf.cast(w_scale, tf.float32), original=original,
         )
         return tf.cast(out, conv.dtype)
 
@@ -251,7 +274,7 @@ class SphereConv2D(keras.layers.Conv2D):
         conv(x, W) / |W| = conv(x, W / |W|) because |W| is one number per output channel,
         so dividing the (small) kernel replaces a division of the (large) output in the
         forward pass and two passes in the backward pass.  Unit-norm filters also keep
-        x.W finite for any filter magnitude (README, "Differences from the original").
+        x.W finite for any filter magnitude (docs/differences.md).
         """
         wnorm = sphere_ops.filter_norm(kernel)
         unit_kernel = kernel / tf.cast(wnorm, kernel.dtype)
@@ -269,48 +292,72 @@ class SphereConv2D(keras.layers.Conv2D):
         out = sphere_ops.unit_filter_response(tf.cast(conv, tf.float32), xnorm, self.norm, k)
         return tf.cast(out, conv.dtype)
 
+    def _effective_k(self):
+        """|k| + 0.05 of `lr_sigmoid` (float32), else None."""
+        if self.norm != "lr_sigmoid":
+            return None
+        return ops.abs(ops.cast(self.k_value, "float32")) + sphere_ops.LR_SIGMOID_K_OFFSET
+
+    def _portable_convolution(self, inputs, kernel):
+        """The SphereConv in keras.ops (`portable_ops`): every backend, autodiff."""
+        w_scale = portable_ops.kernel_scale(kernel)
+        scaled_kernel = kernel / w_scale
+        conv = super().convolution_op(inputs, scaled_kernel)
+        xnorm = portable_ops.patch_norm(inputs, self.kernel_size, self.strides, self.padding,
+                                        self.dilation_rate)
+        w_scale = ops.cast(w_scale, "float32")
+        wnorm = portable_ops.scaled_filter_norm(scaled_kernel, w_scale)
+        out = portable_ops.sphere_response(ops.cast(conv, "float32"), xnorm, wnorm, self.norm,
+                                           self.w_norm, self._effective_k(), w_scale=w_scale)
+        return ops.cast(out, conv.dtype)
+
+    def patch_norm(self, inputs):
+        """|x| of every patch this layer sees, [B, Ho, Wo, 1] float32."""
+        ops_module = portable_ops if uses_portable_ops(self.formulation) else sphere_ops
+        return ops_module.patch_norm(inputs, self.kernel_size, self.strides, self.padding,
+                                     self.dilation_rate)
+
+    def filter_norm(self, kernel):
+        """|W| of every filter, [1, 1, 1, filters] float32."""
+        ops_module = portable_ops if uses_portable_ops(self.formulation) else sphere_ops
+        return ops_module.filter_norm(kernel)
+
     def orthogonality_loss(self):
         """The original's orthogonality loss of this layer's filter (a scalar tensor)."""
         return regularizers.orthogonality_loss(self.kernel)
 
     def call(self, inputs, training=None):
         if self.magnitude != "none":
-            outputs = self._decoupled_call(inputs, training)
-        else:
-            outputs = super().call(inputs)
-        if self.orth:
-            self.add_loss(self.orthogonality_loss())
-        return outputs
+            return self._decoupled_call(inputs, training)
+        return super().call(inputs)
 
     def _decoupled_call(self, inputs, training):
         """h(|x|) * g(theta) (+ bias, activation): the `magnitude` path only."""
         angular = self.convolution_op(inputs, self.kernel)
-        xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
-        )
+        xnorm = self.patch_norm(inputs)
         rho = self._rho(xnorm, training) if self.magnitude in sphere_ops.MAGNITUDES_WITH_RHO else None
-        h = sphere_ops.magnitude_function(xnorm, self.magnitude, rho)
-        outputs = tf.cast(tf.cast(angular, tf.float32) * h, angular.dtype)
+        h = portable_ops.magnitude_function(xnorm, self.magnitude, rho)
+        outputs = ops.cast(ops.cast(angular, "float32") * h, angular.dtype)
         if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+            outputs = outputs + ops.cast(self.bias, outputs.dtype)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
 
     def _rho(self, xnorm, training):
         if not isinstance(self.rho, str):
-            return tf.constant(self.rho, tf.float32)
-        scale = sphere_ops.radius_to_rho_scale(tf.cast(self.radius, tf.float32))
+            return ops.convert_to_tensor(self.rho, "float32")
+        scale = portable_ops.radius_to_rho_scale(ops.cast(self.radius, "float32"))
         if self.rho == "learned":
             return scale
         if training and self.trainable:
-            mean = tf.reduce_mean(xnorm)
+            mean = ops.mean(xnorm)
             # The moving average of DCNets' `xnorm_batch_norm`, with the BN weights.
             self.xnorm_moving_mean.assign(
-                self.xnorm_moving_mean * BN_MOMENTUM + tf.stop_gradient(mean) * (1.0 - BN_MOMENTUM)
+                self.xnorm_moving_mean * BN_MOMENTUM + ops.stop_gradient(mean) * (1.0 - BN_MOMENTUM)
             )
         else:
-            mean = tf.convert_to_tensor(self.xnorm_moving_mean)
+            mean = ops.convert_to_tensor(self.xnorm_moving_mean)
         return scale * mean
 
     # Conv2D saves only kernel and bias; k_value (and the decoupled operators'
@@ -349,7 +396,8 @@ class SphereConv2D(keras.layers.Conv2D):
     def get_config(self):
         config = super().get_config()
         config.update({"norm": self.norm, "w_norm": self.w_norm, "orth": self.orth,
-                       "magnitude": self.magnitude, "rho": self.rho})
+                       "magnitude": self.magnitude, "rho": self.rho,
+                       "formulation": self.formulation})
         return config
 
 
@@ -430,30 +478,14 @@ def conv_layer(
     return y
 
 
+def all_layers(model):
+    """Every layer of a Keras model, those of nested models included, in model order."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
 def sphere_conv_layers(model):
-    """Every SphereConv2D layer of a (possibly nested) Keras model, in build order."""
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, SphereConv2D)]
-
-
-def orthogonality_losses(model):
-    """The orthogonality loss of every SphereConv2D with orth=True, as a list of scalars."""
-    return [layer.orthogonality_loss() for layer in sphere_conv_layers(model) if layer.orth]
-
-
-def weight_decay_losses(model):
-    """The weight-regulariser losses of every trainable variable (the original's `reg`)."""
-    losses = []
-    for variable in model.trainable_variables:
-        regularizer = getattr(variable, "regularizer", None)
-        if regularizer is not None:
-            losses.append(regularizer(variable))
-    return losses
-
-
-def regularization_terms(model):
-    """(reg, orth) of a model as the original reports them: the sum of all weight
-    decay terms and the sum of all orthogonality constraints (0.0 when none)."""
-    reg = weight_decay_losses(model)
-    orth = orthogonality_losses(model)
-    zero = tf.constant(0.0, tf.float32)
-    return (tf.add_n(reg) if reg else zero), (tf.add_n(orth) if orth else zero)
+    """Every SphereConv2D layer of a (possibly nested) Keras model, in model order."""
+    return [layer for layer in all_layers(model) if isinstance(layer, SphereConv2D)]

@@ -10,7 +10,7 @@ This is not Keras's `label_smoothing` (which smooths with 1/n_class and has no
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 #: Added to the softmax before the log.
 SOFTMAX_EPS = 1e-4
@@ -20,18 +20,18 @@ LABEL_SMOOTHING = 1e-2
 
 def loss2_per_example(labels, logits, n_class=None):
     """Per-example loss2, shape [B]; `logits` [B, n_class] or [B, 1, 1, n_class]."""
-    logits = tf.cast(logits, tf.float32)
+    logits = ops.cast(logits, "float32")
     n_class = n_class or logits.shape[-1]
-    logits = tf.reshape(logits, (-1, n_class))
-    p = tf.nn.softmax(logits) + SOFTMAX_EPS
-    onehot = tf.one_hot(tf.reshape(tf.cast(labels, tf.int32), [-1]), n_class, dtype=tf.float32)
+    logits = ops.reshape(logits, (-1, n_class))
+    p = ops.softmax(logits, axis=-1) + SOFTMAX_EPS
+    onehot = ops.one_hot(ops.reshape(ops.cast(labels, "int32"), (-1,)), n_class, dtype="float32")
     target = (1.0 - LABEL_SMOOTHING) * onehot + LABEL_SMOOTHING / n_class
-    return -tf.reduce_sum(target * tf.math.log(p), axis=1)
+    return -ops.sum(target * ops.log(p), axis=1)
 
 
 def loss2(logits, labels, n_class=None):
     """The original `loss2(logits, labels, num_classes, scope)`: mean of the per-example loss."""
-    return tf.reduce_mean(loss2_per_example(labels, logits, n_class))
+    return ops.mean(loss2_per_example(labels, logits, n_class))
 
 
 @keras.saving.register_keras_serializable(package="SphereNet")

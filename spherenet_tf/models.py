@@ -15,9 +15,9 @@ the score logits, shape [batch, n_class].
 
 import keras
 
-from .layers import conv_layer
+from .layers import LAYER_FORMULATIONS, conv_layer, validate_option
+from .sphere_norm import SphereNorm2D
 from .sphere_ops import MAGNITUDES, NORMS, W_NORMS
-from .layers import validate_option
 
 #: Input of every CIFAR model.
 IMAGE_SHAPE = (32, 32, 3)
@@ -31,23 +31,23 @@ def _inputs(input_shape):
     return images, x
 
 
-def _conv_options(builder, norm, sphere_norm, magnitude, rho):
+def _conv_options(builder, norm, sphere_norm, magnitude, rho, formulation):
     """Layer class and options of the normalised convolutions (beyond the original:
     SphereNorm, decoupled operators); the defaults give plain SphereConv2D."""
     validate_option(builder, "magnitude", magnitude, MAGNITUDES)
+    validate_option(builder, "formulation", formulation, LAYER_FORMULATIONS)
     if not isinstance(sphere_norm, bool):
         raise ValueError(f"{builder}: `sphere_norm` must be True or False. Received: sphere_norm={sphere_norm!r}")
     if not sphere_norm:
-        return {} if magnitude == "none" else {"magnitude": magnitude, "rho": rho}
+        options = {} if magnitude == "none" else {"magnitude": magnitude, "rho": rho}
+        return {**options, "formulation": formulation}
     if norm != "cosine" or magnitude != "none":
         raise ValueError(
             f"{builder}: sphere_norm=True is the cosine SphereConv with learnable rescaling "
             f"(SphereNorm2D); it needs norm='cosine' and magnitude='none'. Received: "
             f"norm={norm!r}, magnitude={magnitude!r}."
         )
-    from .sphere_norm import SphereNorm2D
-
-    return {"layer_class": SphereNorm2D}
+    return {"layer_class": SphereNorm2D, "formulation": formulation}
 
 
 def _logits(score):
@@ -69,6 +69,7 @@ def build_cnn9(
     sphere_norm=False,
     magnitude="none",
     rho="batch_mean",
+    formulation="fast",
 ):
     """The original 9-layer CIFAR network (SphereNet-9 or the baseline CNN-9).
 
@@ -92,10 +93,12 @@ def build_cnn9(
         needs norm='cosine'.  Use with bn=True or bn=False.
       magnitude, rho: beyond the original: the decoupled operator of conv1_0 ...
         fc6 (see `SphereConv2D`), e.g. magnitude='tanh'.
+      formulation: 'fast', 'original' or 'portable' arithmetic of the SphereConvs (see
+        `SphereConv2D`); the same values up to the last bits.
     """
     validate_option("build_cnn9", "norm", norm, NORMS)
     validate_option("build_cnn9", "w_norm", w_norm, W_NORMS)
-    options = _conv_options("build_cnn9", norm, sphere_norm, magnitude, rho)
+    options = _conv_options("build_cnn9", norm, sphere_norm, magnitude, rho, formulation)
     if len(widths) != 3:
         raise ValueError(f"build_cnn9: `widths` must list 3 stage widths. Received: widths={widths!r}")
     images, x = _inputs(input_shape)
@@ -112,7 +115,7 @@ def build_cnn9(
     )
     score = conv_layer(
         x, 1, n_class, "score", bn=False, relu=False, padding="valid",
-        norm="none", reg=True, orth=False, w_norm=w_norm,
+        norm="none", reg=True, orth=False, w_norm=w_norm, formulation=formulation,
     )
     return keras.Model(images, _logits(score), name=name)
 
@@ -121,16 +124,19 @@ def residual_unit(x, filters, strides, name, norm, reg, orth, bn=True, **options
     """The original `_resnet_unit_v1`: two 3x3 convolutions plus a shortcut.
 
     `first` (stride `strides`, BN, ReLU) and `second` (stride 1, BN, no ReLU) use the
-    unit's `norm`/`reg`/`orth`; the shortcut is the identity when the width does not
-    change, else `shortcut`, a plain 1x1 convolution with stride, BN and weight decay.
-    Output: relu(residual + shortcut).  Beyond the original, `bn=False` drops the
-    BN of `first` and `second` and `options` (SphereNorm, magnitude) go to them.
+    unit's `norm`/`reg`/`orth`; the shortcut is the identity when the unit keeps the
+    width and the resolution, else `shortcut`, a plain 1x1 convolution with stride,
+    BN and weight decay.  (The original takes the identity whenever the width does not
+    change, which fails for a unit of stride 2 that keeps its width; no network of the
+    original has one: docs/differences.md.)  Output: relu(residual + shortcut).  Beyond
+    the original, `bn=False` drops the BN of `first` and `second` and `options`
+    (SphereNorm, magnitude, formulation) go to them.
     """
     residual = conv_layer(x, 3, filters, f"{name}_first", strides=strides, bn=bn, relu=True,
                           norm=norm, reg=reg, orth=orth, **options)
     residual = conv_layer(residual, 3, filters, f"{name}_second", strides=1, bn=bn, relu=False,
                           norm=norm, reg=reg, orth=orth, **options)
-    if x.shape[-1] == filters:
+    if x.shape[-1] == filters and strides == 1:
         shortcut = x
     else:
         shortcut = conv_layer(x, 1, filters, f"{name}_shortcut", strides=strides, bn=True,
@@ -153,6 +159,7 @@ def build_resnet32(
     sphere_norm=False,
     magnitude="none",
     rho="batch_mean",
+    formulation="fast",
 ):
     """The original ResNet-32 for CIFAR-10+ (SphereResNet-32 or the plain ResNet-32).
 
@@ -163,11 +170,12 @@ def build_resnet32(
     Args mirror `build_cnn9`; `norm`, `reg` and `orth` apply to `root` and to the
     `first`/`second` convolutions of every unit (shortcut convolutions are always
     plain with weight decay, as in the original).  `bn`, `sphere_norm`,
-    `magnitude` and `rho` (beyond the original) apply to the same convolutions.
+    `magnitude` and `rho` (beyond the original) and `formulation` apply to the same
+    convolutions.
     """
     validate_option("build_resnet32", "norm", norm, NORMS)
     validate_option("build_resnet32", "w_norm", w_norm, W_NORMS)
-    options = _conv_options("build_resnet32", norm, sphere_norm, magnitude, rho)
+    options = _conv_options("build_resnet32", norm, sphere_norm, magnitude, rho, formulation)
     images, x = _inputs(input_shape)
     x = conv_layer(x, 3, widths[0], "root", bn=bn, relu=True, norm=norm, reg=reg, orth=orth,
                    **options)
@@ -179,7 +187,7 @@ def build_resnet32(
     x = keras.layers.AveragePooling2D(8, 1, padding="valid", name="avg_pool")(x)
     score = conv_layer(
         x, 1, n_class, "score", bn=False, relu=False, padding="valid",
-        norm="none", reg=True, orth=False, w_norm=w_norm,
+        norm="none", reg=True, orth=False, w_norm=w_norm, formulation=formulation,
     )
     return keras.Model(images, _logits(score), name=name)
 

@@ -10,8 +10,7 @@ used either with or without BatchNorm."
 
 The paper's own equations for SphereNorm could not be consulted when this was
 written (no copy of the paper's body was reachable), so this module implements the
-smallest form that meets that description, and says so (README, "Beyond the
-original"):
+smallest form that meets that description, and says so (docs/beyond.md):
 
     y = |x|^alpha * |w|^beta * cos(theta)
       = (w . x) / |x|^(1 - alpha) / |w|^(1 - beta)
@@ -32,9 +31,8 @@ learnable normalisation.  `models.build_cnn9(sphere_norm=True, bn=...)` and
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from . import sphere_ops
 from .layers import SphereConv2D
 
 #: Initial value of both exponents: start as the cosine SphereConv.
@@ -46,7 +44,7 @@ class UnitInterval(keras.constraints.Constraint):
     """Clips a weight into [0, 1] after every optimizer step."""
 
     def __call__(self, w):
-        return tf.clip_by_value(w, 0.0, 1.0)
+        return ops.clip(w, 0.0, 1.0)
 
     def get_config(self):
         return {}
@@ -78,7 +76,7 @@ class SphereNorm2D(SphereConv2D):
     Example:
 
     >>> layer = SphereNorm2D(64, 3, orth=True)
-    >>> y = layer(tf.random.normal((2, 32, 32, 3)))  # in [-1, 1] at initialisation
+    >>> y = layer(keras.random.normal((2, 32, 32, 3)))  # in [-1, 1] at initialisation
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", norm="cosine",
@@ -133,14 +131,12 @@ class SphereNorm2D(SphereConv2D):
     def convolution_op(self, inputs, kernel):
         # The plain convolution of keras.layers.Conv2D, not SphereConv2D's.
         conv = keras.layers.Conv2D.convolution_op(self, inputs, kernel)
-        xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
-        )
-        wnorm = sphere_ops.filter_norm(kernel)
-        alpha = tf.cast(self.alpha, tf.float32)
-        beta = tf.cast(self.beta, tf.float32)
-        out = sphere_norm_response(tf.cast(conv, tf.float32), xnorm, wnorm, alpha, beta)
-        return tf.cast(out, conv.dtype)
+        xnorm = self.patch_norm(inputs)
+        wnorm = self.filter_norm(kernel)
+        alpha = ops.cast(self.alpha, "float32")
+        beta = ops.cast(self.beta, "float32")
+        out = sphere_norm_response(ops.cast(conv, "float32"), xnorm, wnorm, alpha, beta)
+        return ops.cast(out, conv.dtype)
 
     def _saved_variables(self):
         return super()._saved_variables() + [self.alpha, self.beta]
@@ -160,4 +156,4 @@ def sphere_norm_response(conv, xnorm, wnorm, alpha, beta):
     At alpha = beta = 1 both powers are exactly 1 (x^0 = 1), so this returns `conv`
     unchanged; at alpha = beta = 0 it is the cosine SphereConv conv / xnorm / wnorm.
     """
-    return conv / tf.pow(xnorm, 1.0 - alpha) / tf.pow(wnorm, 1.0 - beta)
+    return conv / ops.power(xnorm, 1.0 - alpha) / ops.power(wnorm, 1.0 - beta)

@@ -8,10 +8,9 @@ Ports `_get_input_norm`, `_get_filter_norm` and the `norm` / `w_norm` branches o
 Everything here is plain TensorFlow on NHWC tensors; `layers.SphereConv2D` wires it
 into a Keras layer.  Where this module departs from the original arithmetic it
 says so, and the departure only touches inputs on which the original returned
-NaN or Inf (see README, "Differences from the original").
+NaN or Inf (see docs/differences.md).
 """
 
-import contextlib
 import functools
 import math
 
@@ -92,33 +91,16 @@ def safe_acos(c):
     return y, grad
 
 
-_ORIGINAL_FORMULATION = [False]
+#: How a SphereConv computes: 'fast' (the port's exact rewrites: box-sum patch norms,
+#: unit-norm filters, hand-written gradients) or 'original' (the original's order of
+#: arithmetic: ones-kernel patch norms, `conv / |x| / |W|`, autodiff).  Both give the
+#: same values up to the last bits; 'original' lets tests replay the original's rounding
+#: and benchmarks time it.
+FORMULATIONS = ("fast", "original")
 
 
-@contextlib.contextmanager
-def original_formulation():
-    """Within this block (at trace time), compute SphereConv as the original did.
-
-    Patch norms as a ones-kernel convolution, autodiff through every division and
-    angle.  The fast forms are exact rewrites, but they sum in other orders, so their
-    last bits differ.  Tests use this to replay the original's rounding (and show that
-    every other part of the port matches the fixtures to 1e-5 even after Adam steps);
-    benchmarks use it to time the original formulation.  Not meant for training.
-    """
-    previous = _ORIGINAL_FORMULATION[0]
-    _ORIGINAL_FORMULATION[0] = True
-    try:
-        yield
-    finally:
-        _ORIGINAL_FORMULATION[0] = previous
-
-
-def original_formulation_active():
-    """Whether `original_formulation()` is in force (read at trace time)."""
-    return _ORIGINAL_FORMULATION[0]
-
-
-def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
+def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1),
+               original=False):
     """Norm of every k x k x C_in input patch the convolution sees, shape [B, Ho, Wo, 1].
 
     Equals the original's `sqrt(conv2d(x*x, ones[k, k, C_in, 1]) + 1e-4)` with the
@@ -126,9 +108,10 @@ def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1,
     `sphere_resnet_v1.py`; `spherenet.py` always used stride 1, which fails for
     stride 2).  Computed as a channel-wise sum of squares followed by a k x k box sum,
     C_in times fewer multiply-adds than the ones-kernel convolution, with a
-    hand-written gradient x * box_sum^T(d/xnorm) (one pass over the input).
+    hand-written gradient x * box_sum^T(d/xnorm) (one pass over the input).  With
+    `original=True`, the original's ones-kernel convolution (`patch_norm_original`).
     """
-    if _ORIGINAL_FORMULATION[0]:
+    if original:
         return patch_norm_original(x, kernel_size, strides, padding, dilation_rate)
     fn = _patch_norm_fn(tuple(kernel_size), tuple(strides), padding.upper(), tuple(dilation_rate))
     return fn(tf.cast(x, tf.float32))
@@ -163,10 +146,7 @@ def _patch_norm_fn(kernel_size, strides, padding, dilations):
 
 
 def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1)):
-    """The original formulation of `patch_norm`: one convolution of x*x with ones.
-
-    Kept only so tests and benchmarks can compare the fast path against it.
-    """
+    """The original formulation of `patch_norm`: one convolution of x*x with ones."""
     x = tf.cast(x, tf.float32)
     ones = tf.ones(tuple(kernel_size) + (x.shape[-1], 1), tf.float32)
     conv = tf.nn.conv2d(
@@ -242,11 +222,16 @@ def angular_function(cos, norm, k=None):
         k = SIGMOID_K
     elif norm != "lr_sigmoid":
         raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
+    return sigmoid_function(theta, k)[0]
+
+
+def sigmoid_function(theta, k):
+    """(g, e): the sigmoid SphereConv g(theta) = C(k) (1 - e) / (1 + e) and
+    e = exp(theta / k - pi / 2k).  The same expression, in the same order, as the
+    original (which evaluates exp twice; once here gives the same value)."""
     c = sigmoid_constant(k)
-    # The same expression, in the same order, as the original (exp evaluated twice
-    # there; once here, which gives the same value).
     e = tf.exp(theta / k - np.pi / (2 * k))
-    return c * (1.0 - e) / (1.0 + e)
+    return c * (1.0 - e) / (1.0 + e), e
 
 
 def _acos_grad_scale(cos):
@@ -280,9 +265,7 @@ def _normalised_response(norm):
                 y = -LINEAR_SLOPE * theta + 1.0
             else:
                 kk = SIGMOID_K if norm == "sigmoid" else k
-                c = sigmoid_constant(kk)
-                e = tf.exp(theta / kk - np.pi / (2 * kk))
-                y = c * (1.0 - e) / (1.0 + e)
+                y, e = sigmoid_function(theta, kk)
 
         # Only these are referenced by `grad`, so only these stay alive until the
         # backward pass (a custom gradient keeps what its closure captures).  For
@@ -315,6 +298,7 @@ def _normalised_response(norm):
                 # g = C (1 - e) / (1 + e), e = exp((theta - pi/2) / k):
                 # dg/dtheta = -2 C e / (k (1 + e)^2), dtheta/dc = -1 / sqrt(1 - c^2)
                 one_plus_e = 1.0 + e
+                c = sigmoid_constant(kk)
                 dg_dtheta = (-2.0 * c / kk) * e / tf.square(one_plus_e)
                 d = dy * (-dg_dtheta) * _acos_grad_scale(cos_)
                 if norm == "lr_sigmoid":
@@ -412,7 +396,8 @@ def _call_with_grad(custom_fn, *args):
     return custom_fn.__wrapped__(*args)
 
 
-def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None):
+def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None,
+                    original=False):
     """Turn a plain convolution output into the SphereConv output.
 
     Args:
@@ -431,14 +416,14 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_
     `w_norm='linear'|'sigmoid'` give the generalised angular softmax logit
     |x| g(theta) with theta the angle between patch and filter.  The original
     applied acos to |x| cos(theta) instead, which is NaN whenever that exceeds 1
-    (ordinary feature norms); see README, "Differences from the original".
+    (ordinary feature norms); see docs/differences.md.
 
     The usual case (a `norm` and no `w_norm`) runs the fused form with a hand-written
     gradient (`SphereConv2D` goes one step further and folds 1/|W| into the filters,
-    see `unit_filter_response`); the original formulation (`original_formulation()`)
-    and the rare combinations go through plain autodiff of the same expressions.
+    see `unit_filter_response`); with `original=True` (the original's order of
+    arithmetic), and for the rare combinations, plain autodiff of the same expressions.
     """
-    if w_norm == "none" and norm != "none" and not _ORIGINAL_FORMULATION[0]:
+    if w_norm == "none" and norm != "none" and not original:
         return unit_filter_response(conv / wnorm, xnorm, norm, k)
     return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale)
 

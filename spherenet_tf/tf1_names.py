@@ -18,7 +18,7 @@ import re
 
 import keras
 
-from .layers import SphereConv2D
+from .layers import SphereConv2D, all_layers
 
 _UNIT_PART = re.compile(r"(block\d+_unit\d+)_(first|second|shortcut)")
 
@@ -37,7 +37,7 @@ def tf1_variables(model):
     bias, or a BN without the `NAME_bn` naming), naming it.
     """
     names = {}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         if isinstance(layer, SphereConv2D):
             scope = tf1_scope(layer.name)
             names[f"{scope}/filter"] = layer._kernel

@@ -1,56 +1,69 @@
-"""Shared test set-up: repository root on sys.path, quiet TF, golden-fixture access.
+"""Shared test set-up: quiet TF, the installed package, the end-of-run figures.
 
-The golden fixtures (numbers produced by running the original TF1 code) live outside
-the repository, in `../shared/golden` next to the checkout, or wherever
-`SPHERENET_GOLDEN` points.  Tests that need them skip, saying so, when absent.
+Helpers live in `tests/support/` (where the fixtures are, generated data, the golden
+replay, NumPy references); see tests/README.md for the layout.
 """
 
+import json
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-GOLDEN_DIR = Path(os.environ.get("SPHERENET_GOLDEN", REPO.parent / "shared" / "golden"))
-REFERENCE_RESULTS_DIR = Path(
-    os.environ.get("SPHERENET_REFERENCE_RESULTS", REPO.parent / "shared" / "reference_results")
-)
+from support.golden_rules import MEASURED
+from support.repo import REPO, REPORT
 
 
-def golden_path(name):
-    """Path of a golden file; skips the calling test with the reason when it is absent."""
-    path = GOLDEN_DIR / name
-    if not path.exists():
-        pytest.skip(
-            f"golden fixture {path} not found: these tests compare against numbers made by "
-            "running the original TF1 code, kept outside the repository in ../shared/golden "
-            "(or set SPHERENET_GOLDEN to their folder)"
-        )
-    return path
+def pytest_configure(config):
+    """The tests import `spherenet_tf` as users do, from the installed package; make sure
+    it is this checkout's (`pip install -e .`, which `requirements.txt` does)."""
+    try:
+        import spherenet_tf
+    except ImportError as e:
+        raise pytest.UsageError(
+            f"cannot import spherenet_tf ({e}): install this checkout first, "
+            "`pip install -r requirements.txt` (or `pip install -e .`)") from None
+    where = os.path.dirname(os.path.realpath(spherenet_tf.__file__))
+    if where != os.path.realpath(REPO / "spherenet_tf"):
+        raise pytest.UsageError(
+            f"spherenet_tf is imported from {where}, not from this checkout ({REPO}): the tests "
+            "would test another copy. Install this checkout with `pip install -e .`.")
 
 
-#: Figures a test module wants in the CI log: title -> function returning one line.
-REPORT = {}
+#: REPORT texts handed over by pytest-xdist workers (title -> texts).
+WORKER_REPORTS = {}
+
+
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker: hand this worker's figures to the controller, which
+    prints them (`--dist loadfile` keeps each test module in one worker)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["spherenet_measured"] = json.dumps([[f, k, e] for (f, k), e in MEASURED.items()])
+        workeroutput["spherenet_report"] = json.dumps({t: line() for t, line in REPORT.items()})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: merge a finished worker's figures into this process's."""
+    output = getattr(node, "workeroutput", {})
+    for fixture, key, err in json.loads(output.get("spherenet_measured", "[]")):
+        MEASURED[(fixture, key)] = max(MEASURED.get((fixture, key), 0.0), err)
+    for title, text in json.loads(output.get("spherenet_report", "{}")).items():
+        if text:
+            WORKER_REPORTS.setdefault(title, []).append(text)
 
 
 def pytest_terminal_summary(terminalreporter):
     """Print the largest error measured against each golden file (for the reader of CI logs),
-    then the figures registered in REPORT."""
+    then the figures registered in REPORT (from this process or the xdist workers)."""
     for title, line in REPORT.items():
-        text = line()
+        texts = [line()] + WORKER_REPORTS.get(title, [])
+        text = "\n".join(t for t in texts if t)
         if text:
             terminalreporter.section(title)
             terminalreporter.write_line(text)
-    try:
-        from golden_rules import MEASURED
-    except ImportError:
-        return
     if not MEASURED:
         return
     per_file = {}
@@ -65,32 +78,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{fixture:44s} {err:10.3g}  ({n} arrays; worst: {key})")
 
 
-def load_module(relative_path):
-    """Import a repository file by path (the original's folders are not packages)."""
-    import importlib.util
-
-    path = REPO / relative_path
-    name = "_repo_" + relative_path.replace("/", "_").removesuffix(".py")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def binary_dir(tmp_path_factory):
     """A CIFAR-10 folder in the original's binary format (synthetic, learnable data)."""
-    from fake_cifar import write_binary_cifar
+    from support.fake_cifar import write_binary_cifar
 
     return write_binary_cifar(str(tmp_path_factory.mktemp("cifar_bin")))
-
-
-def script_env():
-    """Environment for running the repository's scripts in a subprocess."""
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import REPO, REPORT, load_module, script_env
-from fake_cifar import write_tfds_cifar
+from support.repo import REPORT, TINY, load_module, script_env
+from support.fake_cifar import write_tfds_cifar
 from spherenet_tf import cifar10_input as ci
 from spherenet_tf import training
 from spherenet_tf.checks import InputError, check_dataset, check_images, check_labels, check_tf_config
-from spherenet_tf.models import build_cnn9, build_resnet32
+from spherenet_tf.models import build_cnn9
 from spherenet_tf.training import Settings, Trainer, TrainingError
 
 MESSAGES = {}
 REPORT["bad inputs"] = lambda: (f"{len(MESSAGES)} bad inputs tried, each refused with a message:\n"
-                                + "\n".join(f"  {k}: {v[:240]}" for k, v in MESSAGES.items()))
-TINY = str(REPO / "tests" / "tiny_train.py")
+                                + "\n".join(f"  {k}: {v[:240]}" for k, v in MESSAGES.items())
+                                if MESSAGES else "")
 
 
 def _record(name, message):
@@ -190,7 +190,7 @@ def test_missing_dataset_offline_exits_with_the_command_to_run(tmp_path, monkeyp
     _record("no data, --no-download", line)
     # with downloads allowed but no network: the same exit, at once, saying so
     monkeypatch.setattr(ci, "_network_reachable", lambda *a, **k: False)
-    script = load_module("tests/tiny_train.py")
+    script = load_module("tests/support/tiny_train.py")
     with pytest.raises(SystemExit) as e:
         training.main(vars(script), script.build_model, script.__file__,
                       argv=["--data_path", str(tmp_path / "empty"), "--model_file", str(tmp_path / "run")])
@@ -207,7 +207,7 @@ def test_truncated_binary_file_through_the_command_line(binary_dir, tmp_path, ca
         os.symlink(os.path.join(binary_dir, name), data / name)
     os.remove(data / "test_batch.bin")
     (data / "test_batch.bin").write_bytes(b"\0" * (ci.RECORD_BYTES * 5 + 100))
-    script = load_module("tests/tiny_train.py")
+    script = load_module("tests/support/tiny_train.py")
     with pytest.raises(SystemExit) as e:
         training.main(vars(script), script.build_model, script.__file__,
                       argv=["--data_path", str(data), "--model_file", str(tmp_path / "run")])

@@ -1,6 +1,7 @@
 """compare_runs.py: logs in the original's format -> table and convergence figure.
 
-The original's own logs (../shared/reference_results, copies of its results/*.log) must
+The original's own logs (results/*.log and sphere_resnet/results/*.log, copied from the
+original repository) must
 give the numbers of the original README (REFERENCE.md, "Reported results"); a short
 run of this port's training loop must read back as its full-precision metrics.
 """
@@ -11,21 +12,23 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REFERENCE_RESULTS_DIR, load_module
-from fake_cifar import synthetic_images
+from support.repo import REPO, load_module
+from support.fake_cifar import synthetic_images
 from spherenet_tf.training import Settings, Trainer
 
 # The original README's table: log -> (best test accuracy %, accuracy % at iteration 64000)
 ORIGINAL_README = {
-    "baseline_training.log": (90.86, 90.61),
-    "spherenet_cos_standard_training.log": (91.31, 91.29),
-    "spherenet_linear_standard_training.log": (91.65, 91.16),
-    "spherenet_sigmoid_standard_training.log": (91.81, 91.40),
-    "spherenet_lr_sigmoid_standard_training.log": (91.66, 91.32),
-    "spherenet_cos_wnsoftmax_training.log": (91.44, 91.22),
-    "sphere_resnet/baseline_resnet.log": (93.09, 92.99),
-    "sphere_resnet/linear_sphereconv_resnet.log": (94.68, 94.63),
+    "results/baseline_training.log": (90.86, 90.61),
+    "results/spherenet_cos_standard_training.log": (91.31, 91.29),
+    "results/spherenet_linear_standard_training.log": (91.65, 91.16),
+    "results/spherenet_sigmoid_standard_training.log": (91.81, 91.40),
+    "results/spherenet_lr_sigmoid_standard_training.log": (91.66, 91.32),
+    "results/spherenet_cos_wnsoftmax_training.log": (91.44, 91.22),
+    "sphere_resnet/results/baseline_resnet.log": (93.09, 92.99),
+    "sphere_resnet/results/linear_sphereconv_resnet.log": (94.68, 94.63),
 }
+RESULTS = REPO / "results"
+RESNET_RESULTS = REPO / "sphere_resnet" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +37,7 @@ def compare():
 
 
 def reference_logs():
-    paths = [REFERENCE_RESULTS_DIR / name for name in ORIGINAL_README]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        pytest.skip(f"the original's logs are not in {REFERENCE_RESULTS_DIR} (missing {missing[0]}); "
-                    "set SPHERENET_REFERENCE_RESULTS to their folder")
-    return paths
+    return [REPO / name for name in ORIGINAL_README]
 
 
 def test_table_reproduces_the_original_readme(compare, capsys, tmp_path):
@@ -58,7 +56,7 @@ def test_table_reproduces_the_original_readme(compare, capsys, tmp_path):
             assert 3000 <= reach80 <= 4500
         assert all(acc < 0.80 for it, acc in run.test if it < reach80)
     out_png = tmp_path / "original.png"
-    assert compare.main([str(REFERENCE_RESULTS_DIR), str(REFERENCE_RESULTS_DIR / "sphere_resnet"),
+    assert compare.main([str(RESULTS), str(RESNET_RESULTS),
                          "--out", str(out_png)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["run", "best", "%"] and len(table) == 2 + 8
@@ -160,10 +158,10 @@ def test_a_short_port_run_reads_back_as_its_metrics(compare, tmp_path, capsys):
     summary = compare.summarize(run)
     assert summary["best"][0] == float(f"{best:.4f}") and summary["last"][1] == 4
 
-    reference = REFERENCE_RESULTS_DIR / "spherenet_cos_standard_training.log"
-    logs = [str(run_dir / "training.log")] + ([str(reference)] if reference.exists() else [])
+    reference = RESULTS / "spherenet_cos_standard_training.log"
+    logs = [str(run_dir / "training.log"), str(reference)]
     out_png = tmp_path / "port_vs_original.png"
-    labels = ["port (4 iterations)", "original cosine"][: len(logs)]
+    labels = ["port (4 iterations)", "original cosine"]
     argv = logs + ["--out", str(out_png), "--smooth", "1"] + [a for l in labels for a in ("--label", l)]
     assert compare.main(argv) == 0
     table = capsys.readouterr().out

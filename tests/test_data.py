@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from fake_cifar import records, synthetic_images
+from support.fake_cifar import records, synthetic_images
 from spherenet_tf import cifar10_input as ci
 
 
@@ -51,10 +51,27 @@ def test_truncated_file_is_named(binary_dir, tmp_path):
     with pytest.raises(ci.DatasetError, match=r"data_batch_3\.bin is truncated.*not a multiple of "
                                               r"the 3073-byte record.*dataset_setup\.sh"):
         ci.load_cifar10(str(bad), download=False)
-    (bad / "data_batch_3.bin").write_bytes(b"\x01" * ci.RECORD_BYTES * 100)
-    with pytest.raises(ci.DatasetError, match=r"data_batch_3\.bin holds 100 records; a CIFAR-10 "
-                                              r"batch file holds 10000"):
-        ci.load_cifar10(str(bad), download=False)
+
+
+def test_binary_files_of_any_whole_record_count_are_read(tmp_path, capsys):
+    """The original's reader takes any whole number of records (subsets, a user's own
+    data in this format): 200 training and 100 test records per file are read as they
+    are, with a one-line note that these are not CIFAR-10's counts (issue 13; the port
+    refused them before)."""
+    rng = np.random.RandomState(0)
+    content = {}
+    for name, n in [(f, 200) for f in ci.TRAIN_FILES] + [(ci.TEST_FILE, 100)]:
+        images = rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        labels = rng.randint(0, 10, n)
+        (tmp_path / name).write_bytes(records(images, labels))
+        content[name] = (images, labels)
+    (train_x, train_y), (test_x, test_y) = ci.load_cifar10(str(tmp_path), download=False)
+    assert train_x.shape == (1000, 32, 32, 3) and test_x.shape == (100, 32, 32, 3)
+    np.testing.assert_array_equal(train_x[200:400], content["data_batch_2.bin"][0])
+    np.testing.assert_array_equal(test_y, content[ci.TEST_FILE][1])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: the binary files in {tmp_path} hold 1000 training and 100 test images "
+                   "(CIFAR-10 has 50000 and 10000); using them as they are."]
 
 
 def test_wrong_label_and_missing_file_are_named(tmp_path):
@@ -62,7 +79,7 @@ def test_wrong_label_and_missing_file_are_named(tmp_path):
     raw[0] = 42
     (tmp_path / "data_batch_1.bin").write_bytes(bytes(raw))
     with pytest.raises(ci.DatasetError, match=r"data_batch_1\.bin has label 42"):
-        ci.read_binary_file(str(tmp_path / "data_batch_1.bin"), 10000)
+        ci.read_binary_file(str(tmp_path / "data_batch_1.bin"))
     with pytest.raises(ci.DatasetError, match=r"not data_batch_2\.bin, data_batch_3\.bin, "
                                               r"data_batch_4\.bin, data_batch_5\.bin, test_batch\.bin"):
         ci.load_cifar10(str(tmp_path), download=False)

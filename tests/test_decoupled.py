@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import numpy_beyond as ref
+from support import numpy_beyond as ref
 from spherenet_tf import SphereConv2D
 from spherenet_tf.models import build_cnn9
 

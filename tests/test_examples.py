@@ -1,6 +1,7 @@
 """examples/ and the ResNet training scripts: each builds, trains a few steps on mock
 data, and differs from the default in exactly the settings it claims."""
 
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import keras
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import REPO, load_module, script_env
+from support.repo import REPO, load_module, script_env
 from spherenet_tf import SphereConv2D, training
 
 EXAMPLES = sorted(p.name for p in (REPO / "examples").glob("spherenet_*.py"))
@@ -24,7 +25,8 @@ ORIGINAL_EXAMPLES = ["spherenet_linear_sphereconv.py", "spherenet_sigmoid_sphere
 
 
 def test_every_readme_result_and_original_example_has_a_file():
-    assert set(README_ROWS) | set(ORIGINAL_EXAMPLES) | {"spherenet_linear_wnsoftmax.py"} == set(EXAMPLES)
+    assert set(README_ROWS) | set(ORIGINAL_EXAMPLES) | {"spherenet_linear_wnsoftmax.py",
+                                                        "spherenet_cos_cifar100.py"} == set(EXAMPLES)
     for name, (norm, w_norm, best) in README_ROWS.items():
         module = load_module(f"examples/{name}")
         assert (module.norm, module.w_norm) == (norm, w_norm)
@@ -64,6 +66,10 @@ def test_example_trains_a_few_steps(name, tmp_path, capsys):
     assert re.search(r"^\+\+\+\+iteration_2: test acc=", out, re.M)
     model = keras.models.load_model(tmp_path / "run" / "final.keras")
     assert model.get_layer("conv1_0").norm == module.norm
+    dataset = getattr(module, "dataset", "cifar10")
+    assert model.output_shape == (None, {"cifar10": 10, "cifar100": 100}[dataset])
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert (settings["dataset"], settings["n_class"]) == (dataset, model.output_shape[1])
 
 
 def test_example_default_folders_are_the_repositorys():

@@ -2,7 +2,7 @@
 
 Fixtures: conv_layer.npz (one `_conv_layer` per config and norm), wnorm_score.npz
 (score-style layer with every `w_norm`), losses.npz (loss2, orth, l2), all produced
-by running the original TF1 code (../shared/golden/README.md, items 1-3).
+by running the original TF1 code (tests/golden/README.md, items 1-3).
 Tolerances (README section 4): 1e-5 relative to the largest magnitude on forward
 values, 1e-4 on gradients.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from golden_rules import check, load_npz
+from support.golden_rules import check, load_npz
 from spherenet_tf import SphereConv2D, sphere_ops
 from spherenet_tf.losses import loss2
 from spherenet_tf.regularizers import WEIGHT_DECAY, L2Loss, orthogonality_loss

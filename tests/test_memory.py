@@ -24,16 +24,14 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIVATION_MIB = 8.0  # one [32, 32, 32, 64] float32 tensor
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json
     import keras, tensorflow as tf
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    sys.path.insert(0, ROOT)
-    from spherenet import SphereConv2D
+    from spherenet_tf import SphereConv2D
 
     def per_layer_mib(make):
         x = tf.random.stateless_normal([32, 32, 32, 64], seed=[1, 2])
@@ -68,7 +66,7 @@ CHILD = textwrap.dedent(
         out[norm] = per_layer_mib(lambda: SphereConv2D(64, 3, norm=norm))
     print(json.dumps(out))
     """
-).replace("ROOT", repr(ROOT))
+)
 
 
 @pytest.fixture(scope="module")

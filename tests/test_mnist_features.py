@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import load_module
+from support.repo import load_module
 from spherenet_tf import SphereConv2D
 
 mnist = load_module("mnist_features/mnist_2d_features.py")

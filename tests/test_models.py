@@ -1,5 +1,5 @@
 """Model builders: original layer names, variable inventories and parameter counts
-equal to the original's (../shared/golden/vars_<name>.json), settings switches."""
+equal to the original's (tests/golden/vars_<name>.json), settings switches."""
 
 import json
 
@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import golden_path, load_module
-from golden_models import build
+from support.repo import golden_path, load_module
+from support.golden_models import build
 from spherenet_tf import SphereConv2D
 from spherenet_tf.tf1_names import tf1_variables
 
@@ -100,3 +100,25 @@ def test_resnet_structure_and_names():
     base = load_module("sphere_resnet/baseline/baseline_resnet.py").build_baseline_resnet()
     assert all(l.norm == "none" and not l.orth and l.kernel_regularizer is not None
                for l in base.layers if isinstance(l, SphereConv2D))
+
+
+def test_a_strided_unit_that_keeps_its_width_gets_a_strided_shortcut():
+    """A residual unit of stride 2 that keeps its width: the original takes the identity
+    shortcut there and fails in the Add with a shape error (no network of the original
+    has such a unit); the port gives it the strided 1x1 shortcut (docs/differences.md)."""
+    from spherenet_tf.models import build_resnet32
+
+    model = build_resnet32(widths=(8, 8, 8), units_per_stage=1, name="same_width")
+    shortcut = model.get_layer("block2_unit0_shortcut")
+    assert shortcut.strides == (2, 2) and shortcut.kernel_size == (1, 1)
+    assert "block1_unit0_shortcut" not in [layer.name for layer in model.layers]  # stride 1: identity
+    x = np.random.RandomState(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    # the unit's output is relu(residual + shortcut(x)), both at the halved resolution
+    unit_in = model.get_layer("block1_unit0_relu").output
+    probe = keras.Model(model.inputs, [unit_in, model.get_layer("block2_unit0_second_bn").output,
+                                       model.get_layer("block2_unit0_shortcut_bn").output,
+                                       model.get_layer("block2_unit0_relu").output])
+    x_in, residual, short, out = (t.numpy() for t in probe(x, training=False))
+    assert x_in.shape == (2, 32, 32, 8) and out.shape == (2, 16, 16, 8)
+    np.testing.assert_allclose(out, np.maximum(residual + short, 0), rtol=1e-6, atol=1e-6)
+    assert model(x).shape == (2, 10)

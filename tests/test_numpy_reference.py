@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import numpy_reference as ref
+from support import numpy_reference as ref
 from spherenet_tf import SphereConv2D
 from spherenet_tf.losses import loss2
 from spherenet_tf.regularizers import orthogonality_loss

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import numpy_beyond as ref
-from conftest import load_module
-from fake_cifar import synthetic_images
+from support import numpy_beyond as ref
+from support.repo import load_module
+from support.fake_cifar import synthetic_images
 from spherenet_tf import SphereConv2D, sphere_ops
 from spherenet_tf.models import build_cnn9, build_resnet32
 from spherenet_tf.sphere_norm import SphereNorm2D, UnitInterval

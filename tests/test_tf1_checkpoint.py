@@ -1,11 +1,11 @@
 """Importing checkpoints of the original TF1 code (spherenet_tf.tf1_checkpoint).
 
 * The real checkpoint the original code wrote after 3 Adam steps
-  (../shared/golden/spherenet9_ckpt) must give the original's eval-mode and
+  (`spherenet9_ckpt/`, 46 MB, not in the repository: see conftest) must give the original's eval-mode and
   training-mode logits, put every variable in place (its stored sums), restore Adam so
   that the next step is the original's Adam step.
 * For all four models, checkpoints written here with `tf.compat.v1.train.Saver` under
-  the original's names (../shared/golden/vars_<name>.json) must reproduce the
+  the original's names (tests/golden/vars_<name>.json) must reproduce the
   original's forward pass (`ref_eval`), and every variable must land where its name
   says (checked against a name rule written out below from REFERENCE.md's facts).
 * Each refusal names what differs and leaves the model untouched.
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import golden_path, load_module
-from golden_rules import check, load_npz, rule_value, weight_prefix
-from tf1_writer import distinct_values, tf1_adam_powers, write_tf1_checkpoint
+from support.repo import golden_path, load_module, original_checkpoint
+from support.golden_rules import check, load_npz, rule_value, weight_prefix
+from support.tf1_writer import distinct_values, tf1_adam_powers, write_tf1_checkpoint
 from spherenet_tf import SphereConv2D
-from spherenet_tf.layers import regularization_terms
+from spherenet_tf.regularizers import regularization_terms
 from spherenet_tf.losses import loss2
 from spherenet_tf.models import build_cnn9, build_resnet32, feature_model
 from spherenet_tf.tf1_checkpoint import (
@@ -123,15 +123,12 @@ def powers_1234():
 # ---------------------------------------------------------------------------
 # The real checkpoint of the original
 # ---------------------------------------------------------------------------
-GOLDEN_CKPT = "spherenet9_ckpt/spherenet9_adam3"
-
-
 @pytest.fixture
 def golden_loaded():
-    path = golden_path(GOLDEN_CKPT + ".index")
+    path = original_checkpoint()
     model = build("spherenet9")
     optimizer = keras.optimizers.Adam(1e-3, **ADAM)
-    info = load_tf1_checkpoint(model, str(path)[: -len(".index")], optimizer=optimizer)
+    info = load_tf1_checkpoint(model, str(path), optimizer=optimizer)
     return model, optimizer, info
 
 
@@ -190,7 +187,7 @@ def test_golden_checkpoint_restores_adam_and_continues_as_the_original(golden_lo
             n += 1
     assert n >= 38  # every slot of BN gamma/beta and score
 
-    reader = tf.train.load_checkpoint(str(golden_path(GOLDEN_CKPT + ".index"))[: -len(".index")])
+    reader = tf.train.load_checkpoint(str(original_checkpoint()))
     b1, b2 = reader.get_tensor("beta1_power"), reader.get_tensor("beta2_power")
     variables = model.trainable_variables
     before = [v.numpy().astype(np.float64) for v in variables]

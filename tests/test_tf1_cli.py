@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import REPO, golden_path, load_module
-from golden_rules import check, load_npz
-from tf1_writer import tf1_adam_powers, write_tf1_checkpoint
+from support.repo import REPO, load_module, original_checkpoint
+from support.golden_rules import check, load_npz
+from support.tf1_writer import tf1_adam_powers, write_tf1_checkpoint
 from spherenet_tf import cifar10_input, training
 from spherenet_tf.models import build_cnn9
 from spherenet_tf.tf1_checkpoint import load_tf1_checkpoint
@@ -104,7 +104,7 @@ def test_a_wrong_checkpoint_path_fails_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: No checkpoint at '{tmp_path}/models/16000'")
     assert not (tmp_path / "run").exists()
-    s, _ = parse_settings({"n_class": 10}, str(REPO / "baseline" / "train_baseline.py"),
+    s = parse_settings({"n_class": 10}, str(REPO / "baseline" / "train_baseline.py"),
                           ["--eval_only", "--tf1_checkpoint", "models/16000"])
     assert (s.eval_only, s.tf1_checkpoint) == (True, "models/16000")
 
@@ -136,7 +136,7 @@ def test_training_continues_from_the_originals_checkpoint(trained_like, tmp_path
 # convert_tf1_checkpoint.py
 # ---------------------------------------------------------------------------
 def test_converter_writes_a_keras_file_that_predicts_as_the_original(tmp_path, capsys):
-    ckpt = str(golden_path("spherenet9_ckpt/spherenet9_adam3.index"))[: -len(".index")]
+    ckpt = str(original_checkpoint())
     converter = load_module("convert_tf1_checkpoint.py")
     out = tmp_path / "spherenet9.keras"
     assert converter.main([ckpt, str(out), "--model", "spherenet9"]) == 0

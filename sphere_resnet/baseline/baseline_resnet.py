@@ -5,12 +5,7 @@ The same architecture as `../sphere_resnet_v1.py` with plain convolutions: every
 filter has weight decay (5e-4 * l2_loss) and none has the orthogonality constraint.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from spherenet_tf.models import build_resnet32  # noqa: E402
+from spherenet_tf.models import build_resnet32
 
 
 def build_baseline_resnet(n_class=10):

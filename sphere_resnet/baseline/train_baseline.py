@@ -9,11 +9,8 @@ Same schedule, augmentation and log lines as `../train_sphere_resnet.py` (withou
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's C++ info lines out of the log
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baseline_resnet import build_baseline_resnet  # noqa: E402
 from spherenet_tf import training  # noqa: E402

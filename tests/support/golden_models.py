@@ -1,4 +1,4 @@
-"""Replays the golden fixtures' model procedure (../shared/golden/README.md, item 4)
+"""Replays the golden fixtures' model procedure (tests/golden/README.md, item 4)
 on a port model and returns every value under the fixture's key.
 
 Procedure: weights by rule 2.1; pass 1 (training mode, X); warm-up passes W1, W2
@@ -11,25 +11,38 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from conftest import load_module
-from golden_rules import load_npz, rule_value, weight_prefix
-from spherenet_tf import sphere_ops
-from spherenet_tf.layers import regularization_terms
+from .repo import load_module
+from .golden_rules import load_npz, rule_value, weight_prefix
+from spherenet_tf.layers import SphereConv2D
+from spherenet_tf.regularizers import regularization_terms
 from spherenet_tf.losses import loss2
 from spherenet_tf.models import feature_model
 from spherenet_tf.tf1_names import tf1_variables
 
 
-def build(name):
+def build(name, formulation="fast"):
+    """The model of fixture `name`, as its script builds it; with formulation
+    'original', every SphereConv2D computes its patch norm as the original did."""
     if name == "spherenet9":
-        return load_module("spherenet.py").build_spherenet(10, norm="cosine", w_norm="none")
-    if name == "baseline_cnn":
-        return load_module("baseline/baseline_cnn.py").build_baseline_cnn(10)
-    if name == "sphere_resnet32":
-        return load_module("sphere_resnet/sphere_resnet_v1.py").build_sphere_resnet(10)
-    if name == "baseline_resnet32":
-        return load_module("sphere_resnet/baseline/baseline_resnet.py").build_baseline_resnet(10)
-    raise KeyError(name)
+        model = load_module("spherenet.py").build_spherenet(10, norm="cosine", w_norm="none")
+    elif name == "baseline_cnn":
+        model = load_module("baseline/baseline_cnn.py").build_baseline_cnn(10)
+    elif name == "sphere_resnet32":
+        model = load_module("sphere_resnet/sphere_resnet_v1.py").build_sphere_resnet(10)
+    elif name == "baseline_resnet32":
+        model = load_module("sphere_resnet/baseline/baseline_resnet.py").build_baseline_resnet(10)
+    else:
+        raise KeyError(name)
+    if formulation == "fast":
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, SphereConv2D):
+            config["formulation"] = formulation
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def set_rule_weights(model, prefix):
@@ -52,15 +65,8 @@ def bn_layers(model, bn_names):
 def run_procedure(name, original_formulation=False):
     """Replay the procedure; with `original_formulation`, patch norms are computed as
     the original did (ones-kernel convolution) instead of the fast box sum."""
-    if original_formulation:
-        with sphere_ops.original_formulation():
-            return _run(name)
-    return _run(name)
-
-
-def _run(name):
     g = load_npz(f"model_{name}.npz")
-    model = build(name)
+    model = build(name, "original" if original_formulation else "fast")
     set_rule_weights(model, weight_prefix())
     with_features = feature_model(model)
     bns = bn_layers(model, [str(b) for b in g["bn_layer_names"]])
@@ -136,7 +142,8 @@ def _run(name):
 
 
 def main(argv):
-    """`python golden_models.py NAME OUT.npz [--original-formulation]`: run the procedure
+    """`python -m support.golden_models NAME OUT.npz [--original-formulation]` (from
+    tests/): run the procedure
     the way the fixtures were made (set TF_ENABLE_ONEDNN_OPTS=0 in the environment;
     one thread is set here) and save the results."""
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -17,54 +17,60 @@ read-only.
 """
 
 import os
-import re
 import sys
 
-import numpy as np
 import tensorflow as tf
 
-from . import cifar10_input
-from .tf1_checkpoint import load_tf1_checkpoint
+from .. import cifar10_input
+from ..tf1_checkpoint import load_tf1_checkpoint
+from .checkpoints import RESUME_DIR
+from .errors import TrainingError
+from .resume import CheckpointUnreadable, checkpoint_number, latest_readable
+from .runlog import test_line
+from .task import count_correct
 
 
 def evaluate_accuracy(model, images, labels, batch_size):
     """Fraction of the test images whose argmax logit is the label (eval-mode BN)."""
 
     @tf.function
-    def predict(x):
-        return tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+    def correct_in(x, y):
+        return count_correct(model(x, training=False), y)
 
     correct = total = 0
     for x, y in cifar10_input.test_dataset(images, labels, batch_size):
-        correct += int(np.sum(predict(x).numpy() == y.numpy()))
+        correct += int(correct_in(x, y))
         total += int(y.shape[0])
     return correct / max(total, 1)
 
 
 def _load_port_checkpoint(model, model_file):
-    """Weights of this port's latest resume checkpoint in `model_file`; returns the
-    iteration it was written after."""
-    from .training import RESUME_DIR, TrainingError
-
+    """Weights of this port's newest readable resume checkpoint in `model_file` (a torn
+    newest one is skipped, as when training resumes); returns (iteration, path)."""
     folder = os.path.join(model_file, RESUME_DIR)
-    latest = tf.train.latest_checkpoint(folder)
+    checkpoint = tf.train.Checkpoint(model=model)
+
+    def report(message):
+        print(message, file=sys.stderr)
+
+    try:
+        latest = latest_readable(folder, report=report)
+    except CheckpointUnreadable as e:
+        raise TrainingError(f"--eval_only: no checkpoint in {folder} can be read ({e}).") from None
     if latest is None:
         raise TrainingError(
             f"--eval_only: no checkpoint of this port in {folder}. Give --tf1_checkpoint PATH "
             "for a checkpoint of the original TF1 code (e.g. its models/16000), or --model_file "
             "for the folder of a run of this port."
         )
-    status = tf.train.Checkpoint(model=model).read(latest)
-    status.assert_existing_objects_matched().expect_partial()
+    checkpoint.read(latest).assert_existing_objects_matched().expect_partial()
     # resume checkpoints are numbered with the next iteration to run
-    return int(re.search(r"(\d+)$", latest).group(1)) - 1, latest
+    return checkpoint_number(latest) - 1, latest
 
 
 def run_eval_only(settings, build_model, data=None, out=None):
     """Build the model, load the checkpoint, evaluate the whole test set and print the
     original's test line to `out` (stdout); returns (iteration, accuracy)."""
-    from .training import TEST_LINE
-
     out = out or sys.stdout
     model = build_model(settings)
     if settings.tf1_checkpoint:
@@ -74,7 +80,7 @@ def run_eval_only(settings, build_model, data=None, out=None):
         iteration, latest = _load_port_checkpoint(model, settings.model_file)
         source = f"{latest} (this port's checkpoint)"
     if data is None:
-        data = cifar10_input.load_cifar10(settings.data_path, download=settings.download)
+        data = cifar10_input.load_dataset(settings.data_path, settings.dataset, download=settings.download)
     _, (test_x, test_y) = data
     print(f"{model.name}: evaluating {source} on {len(test_x)} test images", file=sys.stderr)
     if iteration is None:
@@ -82,5 +88,5 @@ def run_eval_only(settings, build_model, data=None, out=None):
               "its name): printing iteration 0", file=sys.stderr)
         iteration = 0
     accuracy = evaluate_accuracy(model, test_x, test_y, settings.batch_test)
-    print(TEST_LINE % (iteration, accuracy), file=out, flush=True)
+    print(test_line(iteration, accuracy), file=out, flush=True)
     return iteration, accuracy

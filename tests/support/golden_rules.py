@@ -1,4 +1,4 @@
-"""The golden fixtures' generation rules (../shared/golden/README.md, section 2).
+"""The golden fixtures' generation rules (tests/golden/README.md, section 2).
 
 Weights are regenerated from a TF1 variable name, so the same tests run on any
 fixture set: the name prefix and input seed are read from the set's facts.json.
@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from conftest import golden_path
+from .repo import golden_path
 
 
 def facts():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fake_cifar import synthetic_images
+from support.fake_cifar import synthetic_images
 from spherenet_tf.models import build_cnn9
-from spherenet_tf.resume import CheckpointUnreadable, ResumeCheckpoints
+from spherenet_tf.training.resume import CheckpointUnreadable, ResumeCheckpoints
 from spherenet_tf.training import SETTINGS_FILE, RunLog, Settings, Trainer, TrainingError
 
 
@@ -92,7 +92,7 @@ def test_the_log_is_cut_back_to_the_resumed_iteration_and_drops_a_torn_line(tmp_
     (tmp_path / "training.log").write_text("".join(lines))
     # a kill while writing iteration 15's record left '{"iteration": 1' behind
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 5, "fit": 1.0}\n{"iteration": 1')
-    RunLog(str(tmp_path / "training.log")).truncate_after(9)
+    RunLog(str(tmp_path)).truncate_after(9)
     assert (tmp_path / "training.log").read_text() == "".join(lines[:2])
     assert (tmp_path / "metrics.jsonl").read_text() == '{"iteration": 5, "fit": 1.0}\n'
 
@@ -171,7 +171,7 @@ def test_other_settings_are_refused_with_the_differences(tmp_path):
 # ---------------------------------------------------------------------------
 def test_nan_in_a_layer_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     trainer = Trainer(_settings(tmp_path), _tiny(), data=_data())
-    real_step = trainer._train_step
+    real_step = trainer.task.train_step
 
     def step_with_nan(iterator):  # a NaN appears in conv2_1's filter before iteration 7
         if trainer.iteration == 7:
@@ -179,7 +179,7 @@ def test_nan_in_a_layer_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pat
             kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0, 0, 0]], [np.nan]))
         return real_step(iterator)
 
-    trainer._train_step = step_with_nan
+    trainer.task.train_step = step_with_nan
     with pytest.raises(TrainingError) as e:
         trainer.fit()
     message = str(e.value)
@@ -207,3 +207,68 @@ def test_a_diverging_learning_rate_names_the_overflowing_weights(tmp_path):
                                             r"overflows: weights too large, lower --lr\)\..* No checkpoint "
                                             r"had been written yet"):
         trainer.fit()
+
+
+# ---------------------------------------------------------------------------
+# Defects of issue 13 (each test fails on the code before it)
+# ---------------------------------------------------------------------------
+def test_eval_only_skips_a_damaged_newest_checkpoint_as_resume_does(tmp_path, capsys):
+    """--eval_only took tf.train.latest_checkpoint, so a torn newest checkpoint made it
+    fail where training resumes from the one before; now both read the newest readable."""
+    from spherenet_tf.training.eval_only import evaluate_accuracy, run_eval_only
+
+    trainer = _trainer_with_checkpoints(tmp_path, numbers=(3,))
+    for v in trainer.model.trainable_variables:  # ckpt-6 holds other weights than ckpt-3
+        v.assign(v * 0.5)
+    trainer.optimizer.iterations.assign(6)
+    trainer.save_resume_checkpoint()
+    _flip(str(tmp_path / "run" / "resume" / "ckpt-6.data-00000-of-00001"))
+    capsys.readouterr()
+    s = _settings(tmp_path, eval_only=True)
+    iteration, accuracy = run_eval_only(s, _tiny(), data=_data())
+    out, err = capsys.readouterr()
+    assert iteration == 2  # ckpt-3 is numbered with the next iteration to run
+    assert out == f"++++iteration_2: test acc={accuracy:.4f}\n"
+    assert f"{tmp_path / 'run' / 'resume' / 'ckpt-6'} is unreadable" in err
+    expected = _tiny()(s)
+    tf.train.Checkpoint(model=expected).read(str(tmp_path / "run" / "resume" / "ckpt-3")).expect_partial()
+    (_, _), (test_x, test_y) = _data()
+    assert accuracy == evaluate_accuracy(expected, test_x, test_y, s.batch_test)
+
+
+def test_a_baseline_run_records_no_norm_setting(tmp_path):
+    """A baseline has no norm / w_norm switch: settings.json must not claim one (it said
+    norm='cosine' and compared it on resume)."""
+    from support.repo import load_module
+    from spherenet_tf.training import parse_settings
+
+    baseline = load_module("baseline/train_baseline.py")
+    s = parse_settings(vars(baseline), baseline.__file__,
+                       ["--model_file", str(tmp_path / "run"), "--max_epoch", "1", "--batch_sz", "8",
+                        "--batch_test", "10", "--progress", "off"])
+    assert (s.norm, s.w_norm) == (None, None)
+    trainer = Trainer(s, lambda s: build_cnn9(s.n_class, norm="none", reg=True, orth=False,
+                                              widths=(8, 8, 16), name="tiny_baseline"), data=_data())
+    trainer.fit()
+    record = json.loads((tmp_path / "run" / SETTINGS_FILE).read_text())
+    assert "norm" not in record and "w_norm" not in record
+    assert record["model"] == "tiny_baseline" and record["max_epoch"] == 1
+
+
+def test_clearing_checkpoints_tolerates_a_file_removed_meanwhile(tmp_path, monkeypatch):
+    """--restart deletes the old checkpoints; one file vanishing in between (another
+    process, a network file system) must not stop it (one removal lacked the guard)."""
+    import glob as glob_module
+
+    v, store = _store(tmp_path, size=10)
+    store.save(3)
+    real_glob = glob_module.glob
+    ghost = str(tmp_path / "resume" / "ckpt-1.data-00000-of-00001")  # listed, already gone
+
+    def glob_with_a_ghost(pattern, *args, **kwargs):
+        found = real_glob(pattern, *args, **kwargs)
+        return found + [ghost] if pattern.endswith(".data-*") else found
+
+    monkeypatch.setattr(glob_module, "glob", glob_with_a_ghost)
+    store.clear()
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == []

@@ -7,7 +7,7 @@ code: explicit patches, explicit piecewise intervals, no TensorFlow.
 
 import numpy as np
 
-from numpy_reference import EPS, g_of_theta, loss2, patches
+from .numpy_reference import EPS, g_of_theta, loss2, patches
 
 
 # --- GA-softmax ------------------------------------------------------------------

@@ -25,48 +25,39 @@ import glob
 import os
 import re
 import shutil
-import signal
 
 import tensorflow as tf
 
+from ..messages import first_line
+
 PREFIX = "ckpt"
 STATE_FILE = "checkpoint"
-#: Test hook: "point@N[,point@N...]" kills this process with SIGKILL when it reaches
-#: `point` at iteration / checkpoint number N.  Points: `step` (after the optimizer
-#: step of iteration N), `save_written` (checkpoint N's files written, not yet
-#: published), `save_published` (renamed into place, state file not yet updated).
-FAULT_ENV = "SPHERENET_FAULT"
 
 _NUMBER = re.compile(rf"^{PREFIX}-(\d+)$")
 
 
-def fault_point(point, number):
-    """Die here if the test hook SPHERENET_FAULT asks for it (never set in real runs)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        name, _, at = item.strip().partition("@")
-        if name == point and at.strip() == str(number):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def write_checkpoint(checkpoint, prefix, number=None):
+def write_checkpoint(checkpoint, prefix):
     """Write `checkpoint` to `prefix` (.index and .data-*) so that a kill at any moment
     leaves either the complete files or none under that name: they are written under
-    a temporary name, flushed, then renamed, the index last.  `number` names the
-    SPHERENET_FAULT points of a resume checkpoint."""
+    a temporary name and flushed (`_write_partial`), then renamed, the index last
+    (`_publish`)."""
     directory, name = os.path.split(prefix)
     tmp = os.path.join(directory, f".{name}.partial")
+    _write_partial(checkpoint, tmp)
+    _publish(tmp, prefix)
+    return prefix
+
+
+def _write_partial(checkpoint, tmp):
     checkpoint.write(tmp)
     for path in _files_of(tmp):
         _fsync_path(path)
-    if number is not None:
-        fault_point("save_written", number)
+
+
+def _publish(tmp, prefix):
     for path in _files_of(tmp):  # data first, the index last
         os.replace(path, prefix + path[len(tmp):])
-    _fsync_path(directory or ".", directory=True)
-    return prefix
+    _fsync_path(os.path.dirname(prefix) or ".", directory=True)
 
 
 class CheckpointUnreadable(RuntimeError):
@@ -124,41 +115,28 @@ class ResumeCheckpoints:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
+                _remove(path)
 
     def clear(self):
         """Delete every resume checkpoint and the state file (a run started over)."""
         self.remove_partial()
         for prefix in self.complete():
             for f in _files_of(prefix):
-                try:
-                    os.remove(f)
-                except OSError:
-                    pass
+                _remove(f)
         for f in glob.glob(os.path.join(glob.escape(self.directory), f"{PREFIX}-*.data-*")):
-            os.remove(f)  # data whose index is gone
-        state = os.path.join(self.directory, STATE_FILE)
-        if os.path.exists(state):
-            os.remove(state)
+            _remove(f)  # data whose index is gone
+        _remove(os.path.join(self.directory, STATE_FILE))
 
     def save(self, number):
         """Write checkpoint `number` crash-safely; returns its path prefix."""
         self.remove_partial()
-        final = write_checkpoint(self.checkpoint, os.path.join(self.directory, f"{PREFIX}-{number}"),
-                                 number)
-        fault_point("save_published", number)
+        final = write_checkpoint(self.checkpoint, os.path.join(self.directory, f"{PREFIX}-{number}"))
         kept = [p for p in self.complete() if p != final][-(self.keep - 1):] + [final]
         self._write_state(kept)
         for path in self.complete():
             if path not in kept:
                 for f in _files_of(path):
-                    try:
-                        os.remove(f)
-                    except OSError:
-                        pass
+                    _remove(f)
         return final
 
     def _write_state(self, paths):
@@ -176,51 +154,63 @@ class ResumeCheckpoints:
     # -- reading ---------------------------------------------------------------
     def complete(self, directory=None):
         """Checkpoints on disk whose index exists, oldest first (by iteration)."""
-        directory = directory or self.directory
-        found = []
-        for index in glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}-*.index")):
-            prefix = index[: -len(".index")]
-            if checkpoint_number(prefix) is not None:
-                found.append(prefix)
-        return sorted(found, key=checkpoint_number)
-
-    def candidates(self):
-        """Restore candidates, newest first: every complete checkpoint on disk (the
-        state file may lag behind a save killed after publishing)."""
-        return list(reversed(self.complete(self.read_directory)))
-
-    @staticmethod
-    def verify(prefix):
-        """Read every tensor of checkpoint `prefix` (TensorFlow checks the CRC32C of
-        each); raises (tf.errors.OpError, IndexError, ...) if any is missing or corrupt."""
-        reader = tf.train.load_checkpoint(prefix)
-        for key in reader.get_variable_to_shape_map():
-            reader.get_tensor(key)
+        return complete_checkpoints(directory or self.directory)
 
     def latest_readable(self, report=None):
-        """The newest checkpoint that reads in full, or None when there is none at all.
-
-        `report(message)` is told about every unreadable one skipped.  Raises
-        CheckpointUnreadable when checkpoints exist but none can be read.
-        """
-        candidates = self.candidates()
-        problems = []
-        for i, prefix in enumerate(candidates):
-            try:
-                self.verify(prefix)
-            except Exception as e:  # noqa: BLE001 - corrupt files raise OpError, IndexError, ValueError, ...
-                reason = _first_line(e)
-                problems.append(f"{prefix}: {reason}")
-                if report is not None and i + 1 < len(candidates):
-                    report(f"resume checkpoint {prefix} is unreadable ({reason}); falling back to "
-                           f"the one before it, {candidates[i + 1]}")
-                continue
-            return prefix
-        if problems:
-            raise CheckpointUnreadable("; ".join(problems))
-        return None
+        """The newest checkpoint of the read directory that reads in full; see
+        `latest_readable`."""
+        return latest_readable(self.read_directory, report)
 
 
-def _first_line(error):
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+def complete_checkpoints(directory):
+    """Resume checkpoints in `directory` whose index exists, oldest first (by iteration)."""
+    found = []
+    for index in glob.glob(os.path.join(glob.escape(directory), f"{PREFIX}-*.index")):
+        prefix = index[: -len(".index")]
+        if checkpoint_number(prefix) is not None:
+            found.append(prefix)
+    return sorted(found, key=checkpoint_number)
+
+
+def verify(prefix):
+    """Read every tensor of checkpoint `prefix` (TensorFlow checks the CRC32C of
+    each); raises (tf.errors.OpError, IndexError, ...) if any is missing or corrupt."""
+    reader = tf.train.load_checkpoint(prefix)
+    for key in reader.get_variable_to_shape_map():
+        reader.get_tensor(key)
+
+
+def latest_readable(directory, report=None):
+    """The newest resume checkpoint in `directory` that reads in full, or None when there
+    is none at all.
+
+    Every complete checkpoint is a candidate, newest first (the state file may lag
+    behind a save killed after publishing).  `report(message)` is told about every
+    unreadable one skipped.  Raises CheckpointUnreadable when checkpoints exist but
+    none can be read.
+    """
+    candidates = list(reversed(complete_checkpoints(directory)))
+    problems = []
+    for i, prefix in enumerate(candidates):
+        try:
+            verify(prefix)
+        except Exception as e:  # noqa: BLE001 - corrupt files raise OpError, IndexError, ValueError, ...
+            reason = first_line(e)
+            problems.append(f"{prefix}: {reason}")
+            if report is not None and i + 1 < len(candidates):
+                report(f"resume checkpoint {prefix} is unreadable ({reason}); falling back to "
+                       f"the one before it, {candidates[i + 1]}")
+            continue
+        return prefix
+    if problems:
+        raise CheckpointUnreadable("; ".join(problems))
+    return None
+
+
+def _remove(path):
+    """Delete a file if it is there: another process (a second worker cleaning up, a
+    user) may have removed it first, and a failed deletion must not stop a run."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
