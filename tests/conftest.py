@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+from support.background import start_if_selected
 from support.golden_rules import MEASURED
 from support.repo import REPO, REPORT
 
@@ -31,10 +32,19 @@ def pytest_configure(config):
             "would test another copy. Install this checkout with `pip install -e .`.")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """After selection (-m, -k): start the JAX run of tests/backends/ in the background if
+    tests/test_backends.py will wait for it (support/background.py)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        start_if_selected(items)
+
+
 #: REPORT texts handed over by pytest-xdist workers (title -> texts).
 WORKER_REPORTS = {}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which sends workeroutput
 def pytest_sessionfinish(session):
     """In a pytest-xdist worker: hand this worker's figures to the controller, which
     prints them (`--dist loadfile` keeps each test module in one worker)."""
@@ -58,8 +68,8 @@ def pytest_testnodedown(node, error):
 def pytest_terminal_summary(terminalreporter):
     """Print the largest error measured against each golden file (for the reader of CI logs),
     then the figures registered in REPORT (from this process or the xdist workers)."""
-    for title, line in REPORT.items():
-        texts = [line()] + WORKER_REPORTS.get(title, [])
+    for title in list(REPORT) + [t for t in WORKER_REPORTS if t not in REPORT]:
+        texts = [REPORT[title]() if title in REPORT else ""] + WORKER_REPORTS.get(title, [])
         text = "\n".join(t for t in texts if t)
         if text:
             terminalreporter.section(title)

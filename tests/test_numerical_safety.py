@@ -10,7 +10,7 @@ mixed-precision model feeds them).
 Each input is checked three ways: the output and the gradients of sum(out * R)
 with respect to the input, the kernel and (lr_sigmoid) k_value are counted for
 NaN/Inf (must be 0), and the output is compared with the float64 NumPy reference
-(tests/numpy_reference.py) -- so a "fix" that hid NaN behind a wrong value would
+(tests/support/numpy_reference.py) -- so a "fix" that hid NaN behind a wrong value would
 fail.  A case is skipped only where the exact result itself cannot be represented
 in the output dtype (a plain convolution, norm = w_norm = 'none', of 1e20-sized
 inputs and filters is 1e40: Inf is the right float32 answer); those are counted.
@@ -26,24 +26,16 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import numpy_reference as ref
-from conftest import REPORT
+from support import numpy_reference as ref
+from support.adversarial import (CONFIGS, FILTERS, FLOAT16_MAX, STRUCTURES, X_MAX_EXP, grid as _grid,
+                                 make_case, representable as _representable)
+from support.repo import REPORT
 from spherenet_tf import SphereConv2D, sphere_ops
 
 NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
 W_NORMS = ["none", "linear", "cosine", "sigmoid"]
 VARIANTS = list(itertools.product(NORMS, W_NORMS))
 POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
-FILTERS = 4
-#: (kernel, stride, padding, input shape).  'strided' has padding borders (all-zero
-#: rows in the patches) and a patch that can be set to a filter; in 'pointwise' every
-#: pixel is a patch, so every output can be made exactly (anti-)parallel.
-CONFIGS = {
-    "strided": (3, 2, "same", (2, 7, 7, 3)),
-    "pointwise": (1, 1, "valid", (2, 4, 4, 3)),
-}
-STRUCTURES = ["random", "blank", "half_blank", "parallel", "antiparallel", "zero_filter"]
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _runners = {}
@@ -81,52 +73,6 @@ def _runner(norm, w_norm, config, policy):
 
         _runners[key] = (run, layer, cot)
     return _runners[key]
-
-
-def make_case(config, structure, x_mag, w_mag, seed, policy):
-    """(x, w, k_value) of one case; magnitudes are the largest |value| scale."""
-    k, _, _, shape = CONFIGS[config]
-    rng = np.random.RandomState(seed)
-    w = rng.standard_normal((k, k, shape[-1], FILTERS)) * w_mag
-    x = rng.standard_normal(shape) * x_mag
-    if structure == "blank":
-        x[:] = 0.0
-    elif structure == "half_blank":
-        x[:, : shape[1] // 2] = 0.0
-        x[0] = 0.0
-    elif structure == "zero_filter":
-        w[..., rng.randint(FILTERS)] = 0.0
-    elif structure in ("parallel", "antiparallel"):
-        sign = 1.0 if structure == "parallel" else -1.0
-        if config == "pointwise":  # every pixel = +-c * one filter: |cos| = 1 everywhere
-            which = rng.randint(FILTERS, size=shape[:3])
-            c = sign * np.exp(rng.uniform(-2, 2, size=shape[:3] + (1,))) * x_mag / max(w_mag, 1e-300)
-            x = c * np.moveaxis(w[0, 0], -1, 0)[which]
-        else:  # the patch of output (1, 1) is exactly +-c * filter f
-            f = rng.randint(FILTERS)
-            x[:] = 0.0
-            x[rng.randint(shape[0]), 1:4, 1:4, :] = sign * w[..., f] * (x_mag / max(w_mag, 1e-300))
-    with np.errstate(over="ignore"):  # inputs in the compute dtype, as a mixed model feeds them
-        x = x.astype(np.float16 if policy == "mixed_float16" else np.float32)
-    if policy == "mixed_bfloat16":
-        x = tf.cast(tf.cast(x, tf.bfloat16), tf.float32).numpy()  # exactly bfloat16 values
-    k_value = rng.uniform(-3, 3, FILTERS).astype(np.float32)
-    k_value[rng.randint(FILTERS)] = 0.0  # |k| + 0.05 at its smallest
-    return x, w.astype(np.float32), k_value
-
-
-def _representable(norm, w_norm, config, x, w, policy):
-    """Whether the exact output and gradients fit the dtypes the layer computes in."""
-    if not np.all(np.isfinite(x)):
-        return False  # a float16 input above 65504: the caller's value is already Inf
-    if (norm, w_norm) != ("none", "none"):
-        return True  # bounded outputs (|g| <= 1, or |x| g <= |x|), bounded gradients
-    k, _, _, shape = CONFIGS[config]
-    n = k * k * shape[-1]
-    mx, mw = float(np.abs(x).max()), float(np.abs(w).max())
-    limit = FLOAT16_MAX if policy == "mixed_float16" else FLOAT32_MAX
-    # a plain convolution in the compute dtype: output, kernel, input and filter gradients
-    return max(n * mx * mw, mw, n * mw, x.size * mx) < limit / 4
 
 
 def check_case(norm, w_norm, config, policy, x, w, k_value):
@@ -187,26 +133,6 @@ def check_case(norm, w_norm, config, policy, x, w, k_value):
 # ---------------------------------------------------------------------------
 # The extremes on a grid, every variant
 # ---------------------------------------------------------------------------
-GRID_MAGNITUDES = [0.0, 1e-20, 1e-6, 1.0, 1e6, 1e20]
-#: Largest input magnitude (log10) per policy: float16 inputs stop at 65504 (a
-#: mixed-precision model cannot hand the layer more); filters stay float32 (1e20).
-X_MAX_EXP = {"float32": 20, "mixed_float16": 4, "mixed_bfloat16": 20}
-
-
-def _grid(policy):
-    x_mags = [m for m in GRID_MAGNITUDES if m <= 10.0 ** X_MAX_EXP[policy]]
-    if policy == "mixed_float16":
-        x_mags.append(1e4)
-    for config, structure in [("strided", "random"), ("strided", "half_blank"),
-                              ("strided", "zero_filter")]:
-        for xm, wm in itertools.product(x_mags, GRID_MAGNITUDES):
-            yield config, structure, xm, wm
-    for config, structure in itertools.product(["strided", "pointwise"], ["parallel", "antiparallel"]):
-        for m in [1e-20, 1e-3, 1.0, 1e3, 1e20]:
-            yield config, structure, min(m, 10.0 ** X_MAX_EXP[policy] / 10), m
-            yield config, structure, 1.0, m  # the input 1, the filter tiny or huge
-
-
 @pytest.mark.parametrize("policy", [POLICIES[0]] + [pytest.param(p, marks=pytest.mark.slow)
                                                      for p in POLICIES[1:]])
 @pytest.mark.parametrize("norm,w_norm", VARIANTS)
@@ -374,4 +300,4 @@ REPORT["numerical safety (SphereConv2D: every norm x w_norm, and the decoupled m
     "representable (a plain convolution's exact result, or a float16 input, beyond the dtype); "
     f"{COUNTS['float16_gradient_overflow']} float16 input-gradient values beyond 65504 in float32 "
     "too, hence +-Inf in float16"
-)
+) if COUNTS["tried"] else ""
