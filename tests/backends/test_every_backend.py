@@ -36,8 +36,8 @@ FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 #: The ResNet-32s' forward values outside TensorFlow: 31 stacked convolutions, each
 #: rounded by XLA's (JAX) or ATen's (PyTorch) own float32 kernels.  Measured on AMD EPYC
-#: (AVX2), 2 threads: JAX 1.6e-5 (SphereResNet-32 ref_eval/score; the 9-layer models and
-#: the TF keras.ops run stay under 7e-6).  PyTorch: see tests/test_backends.py.
+#: (AVX2), 2 threads: JAX 1.7e-5, PyTorch 1.6e-5 (SphereResNet-32 ref_eval/score; the
+#: 9-layer models and the TF keras.ops run stay under 7e-6).
 DEEP_FWD_TOL = 5e-5
 NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
 W_NORMS = ["none", "linear", "cosine", "sigmoid"]
@@ -46,7 +46,8 @@ LAYER_CONFIGS = {"k3_SAME_s1": (3, "SAME", 1), "k4_VALID_s1": (4, "VALID", 1),
 #: A .keras file's outputs on another backend.  The weights load bit for bit (asserted
 #: exactly); the outputs differ by the two backends' float32 rounding, which the
 #: lr_sigmoid SphereConvs amplify (a sigmoid of slope up to ~1/0.05 after acos):
-#: measured 4.3e-6 TF (fast) -> JAX, on AMD EPYC (AVX2).  The forward tolerance.
+#: measured 4.3e-6 TF (fast) -> JAX, 4.5e-6 TF -> PyTorch, on AMD EPYC (AVX2).  The
+#: forward tolerance.
 CROSS_TOL = FWD_TOL
 #: Where tests/test_backends.py exchanges .keras files between backends.
 CROSS_DIR = os.environ.get("SPHERENET_CROSS_BACKEND_DIR")
