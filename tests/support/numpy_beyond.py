@@ -72,15 +72,20 @@ def magnitude(xnorm, name, rho=None):
     raise ValueError(name)
 
 
-def decoupled_conv(x, w, name, norm="cosine", rho=None, stride=1, padding="same"):
-    """h(|x|) g(theta) with explicit patches; `rho` a number, [C_out], or a callable
-    of the patch norms [B, Ho, Wo, 1] returning rho."""
+def _norms_and_cosine(x, w, stride, padding):
+    """(|x| [B, Ho, Wo, 1], |w| [C_out], cos theta [B, Ho, Wo, C_out]) with explicit patches."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     p = patches(x, w.shape[0], stride, padding)
     xnorm = np.sqrt(np.sum(p ** 2, axis=(3, 4, 5)) + EPS)[..., None]
     wnorm = np.sqrt(np.sum(w ** 2, axis=(0, 1, 2)) + EPS)
-    cos = np.einsum("bhwijc,ijcf->bhwf", p, w) / (xnorm * wnorm)
+    return xnorm, wnorm, np.einsum("bhwijc,ijcf->bhwf", p, w) / (xnorm * wnorm)
+
+
+def decoupled_conv(x, w, name, norm="cosine", rho=None, stride=1, padding="same"):
+    """h(|x|) g(theta) with explicit patches; `rho` a number, [C_out], or a callable
+    of the patch norms [B, Ho, Wo, 1] returning rho."""
+    xnorm, wnorm, cos = _norms_and_cosine(x, w, stride, padding)
     angular = cos if norm == "cosine" else g_of_theta(np.arccos(np.clip(cos, -1, 1)), norm)
     if callable(rho):
         rho = rho(xnorm)
@@ -90,10 +95,5 @@ def decoupled_conv(x, w, name, norm="cosine", rho=None, stride=1, padding="same"
 # --- SphereNorm ------------------------------------------------------------------
 def sphere_norm(x, w, alpha, beta, stride=1, padding="same"):
     """|x|^alpha |w|^beta cos(theta), written as a product (not as the port's quotient)."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    p = patches(x, w.shape[0], stride, padding)
-    xnorm = np.sqrt(np.sum(p ** 2, axis=(3, 4, 5)) + EPS)[..., None]
-    wnorm = np.sqrt(np.sum(w ** 2, axis=(0, 1, 2)) + EPS)
-    cos = np.einsum("bhwijc,ijcf->bhwf", p, w) / (xnorm * wnorm)
+    xnorm, wnorm, cos = _norms_and_cosine(x, w, stride, padding)
     return xnorm ** np.asarray(alpha) * wnorm ** np.asarray(beta) * cos
