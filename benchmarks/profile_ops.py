@@ -16,12 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 
-def profile_graph(build, runs=5):
+def profile_graph(build, runs=5, inter_op=0, by_node=False):
     graph = tf.Graph()
     with graph.as_default():
         fetch = build()
         init = tf.compat.v1.global_variables_initializer()
-    config = tf.compat.v1.ConfigProto()
+    # One inter-op thread runs one op at a time, so op times add up to the step's time
+    # (with several, concurrent ops slow each other and the sums overlap).
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=inter_op)
     with tf.compat.v1.Session(graph=graph, config=config) as sess:
         sess.run(init)
         for _ in range(2):
@@ -35,6 +37,8 @@ def profile_graph(build, runs=5):
                 for node in dev.node_stats:
                     op = node.timeline_label.split("(")[0].split(" = ")[-1] if node.timeline_label else node.node_name
                     op = op.strip().split(":")[0] or node.node_name
+                    if by_node:
+                        op = f"{op} {node.node_name}"
                     totals[op] += (node.all_end_rel_micros) / 1e3
     return totals
 
@@ -49,6 +53,11 @@ def main():
     parser.add_argument("--original", action="store_true")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--by_node", action="store_true",
+                        help="one row per graph node (op type and name) instead of per op type")
+    parser.add_argument("--inter_op", type=int, default=1,
+                        help="inter-op threads (default 1: ops one at a time, times add up; "
+                             "0 = TensorFlow's default)")
     args = parser.parse_args()
     tf.compat.v1.disable_eager_execution()
     from layer_bench import SHAPES
@@ -83,7 +92,7 @@ def main():
         return tf.gradients(loss, model.trainable_variables)
 
     build = build_layer if args.what == "layer" else build_step
-    totals = profile_graph(build, args.runs)
+    totals = profile_graph(build, args.runs, args.inter_op, args.by_node)
     total = sum(totals.values())
     print(f"{args.what} {args.layer if args.what == 'layer' else args.model} norm={args.norm} "
           f"batch={args.batch}: op time summed over {args.runs} runs = {total:.1f} ms")

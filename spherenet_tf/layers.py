@@ -276,16 +276,14 @@ class SphereConv2D(keras.layers.Conv2D):
         forward pass and two passes in the backward pass.  Unit-norm filters also keep
         x.W finite for any filter magnitude (docs/differences.md).
         """
-        wnorm = sphere_ops.filter_norm(kernel)
-        unit_kernel = kernel / tf.cast(wnorm, kernel.dtype)
         k = None
         if self.norm == "lr_sigmoid":
             k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
         if self.dilation_rate == (1, 1):
-            out = sphere_ops.sphere_convolution(inputs, unit_kernel, self.norm, k,
+            out = sphere_ops.sphere_convolution(inputs, kernel, self.norm, k,
                                                 self.strides, self.padding)
             return tf.cast(out, self.compute_dtype)
-        conv = super().convolution_op(inputs, unit_kernel)
+        conv = super().convolution_op(inputs, sphere_ops.unit_filters(kernel))
         xnorm = sphere_ops.patch_norm(
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )

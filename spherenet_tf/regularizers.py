@@ -79,7 +79,10 @@ def _orthogonality_unscaled(w):
     gram_minus_i = tf.matmul(w, w, transpose_a=True) - tf.eye(tf.shape(w)[1], dtype=w.dtype)
 
     def grad(dy):
-        return (2.0 * dy) * tf.matmul(w, gram_minus_i)
+        # dy scales the small [C_out, C_out] factor before the product, so the product
+        # depends on dy: the executor cannot compute it (a kernel-sized tensor per
+        # layer) right after the forward pass and keep it until the backward pass.
+        return tf.matmul(w, (2.0 * dy) * gram_minus_i)
 
     return l2_loss(gram_minus_i), grad
 

@@ -48,6 +48,14 @@ _ACOS_GRAD_MIN = float(np.finfo(np.float32).eps)
 # 1e-4 added to every sum.
 _NORM_SCALE = 2.0**-32
 _FLT_MIN = float(np.finfo(np.float32).tiny)
+# Pixel norms below this are squared and box-summed directly (k*k * 2**100 stays below
+# float32's 2**128 for any kernel); above it, the patch norm takes the scaled form.
+_DIRECT_NORM_MAX = 2.0**50
+# sin(theta) bound of the hand-written gradients: 1 / max(sin theta, this) is the bounded
+# |d acos / dc| = 1 / sqrt(max(1 - c^2, 2**-23)) of `safe_acos`, with sin theta >= 0.
+_SIN_MIN = float(np.sqrt(np.float32(_ACOS_GRAD_MIN)))
+# The largest float32 below 1: the sigmoids' t = g / C(k) is kept within +-this.
+_T_MAX = float(np.nextafter(np.float32(1), np.float32(0)))
 
 
 def sigmoid_constant(k):
@@ -118,27 +126,67 @@ def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1,
 
 
 def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
-    """(xnorm, per-pixel sum of squares, ones kernel) of float32 x; see `patch_norm`."""
+    """(xnorm, ones kernel) of float32 x; see `patch_norm`.
+
+    The per-pixel sum of squares over the channels is read off one Euclidean-norm
+    reduction (one pass over x, instead of a scaling, a square and a sum: three);
+    squaring the pixel norms back rounds the sums by at most one ulp.  That direct
+    form overflows for pixel norms near 1.8e19, so when any pixel norm reaches
+    `_DIRECT_NORM_MAX` the whole patch norm is computed in the 2**-32-scaled form
+    instead (`tf.cond`: only that branch runs), finite up to |x| ~ 7.7e28.
+    """
     ones = tf.ones(tuple(kernel_size) + (1, 1), tf.float32)
-    sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
-    box = tf.nn.conv2d(sumsq, ones, strides=list(strides), padding=padding,
-                       dilations=list(dilations))
-    xnorm = tf.sqrt(box + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
-    return xnorm, sumsq, ones
+
+    def box_sum(t):
+        return tf.nn.conv2d(t, ones, strides=list(strides), padding=padding,
+                            dilations=list(dilations))
+
+    if _compiled_by_xla():  # XLA has no EuclideanNorm; it fuses the square into the sum
+        sumsq = tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
+        pixel_norm = tf.sqrt(sumsq)
+    else:
+        pixel_norm = tf.math.reduce_euclidean_norm(x, axis=-1, keepdims=True)
+        sumsq = tf.square(pixel_norm)
+
+    def direct():
+        return tf.sqrt(box_sum(sumsq) + NORM_EPS)
+
+    def scaled():
+        sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
+        return tf.sqrt(box_sum(sumsq) + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
+
+    xnorm = tf.cond(tf.reduce_max(pixel_norm) < _DIRECT_NORM_MAX, direct, scaled)
+    return xnorm, ones
+
+
+def _compiled_by_xla():
+    """Whether the graph being traced is compiled by XLA (`tf.function(jit_compile=True)`,
+    which traces inside an XLA context).  TF has no public call for this; if its
+    internal one moves, the answer is True, the form every compiler accepts."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    except Exception:  # pragma: no cover - a TensorFlow without that internal function
+        return True
+
+
+def _patch_norm_input_grad(x, xnorm, grad_xnorm, ones, strides, padding, dilations=(1, 1)):
+    """dL/dx of xnorm = sqrt(box_sum(sum_c x^2) + eps): x * box_sum^T(dL/dxnorm / xnorm)."""
+    pixels = tf.concat([tf.shape(x)[:-1], [1]], axis=0)
+    spread = tf.nn.conv2d_transpose(grad_xnorm / xnorm, ones, pixels, strides=list(strides),
+                                    padding=padding, dilations=list(dilations))
+    return x * spread
 
 
 @functools.lru_cache(maxsize=None)
 def _patch_norm_fn(kernel_size, strides, padding, dilations):
     @tf.custom_gradient
     def norm(x):
-        xnorm, sumsq, ones = _patch_norm_forward(x, kernel_size, strides, padding, dilations)
+        xnorm, ones = _patch_norm_forward(x, kernel_size, strides, padding, dilations)
 
         def grad(dxnorm):
-            # xnorm = sqrt(box_sum(sum_c x^2) + eps)  =>  dxnorm/dx = x * box_sum^T(1/xnorm)
-            spread = tf.nn.conv2d_transpose(dxnorm / xnorm, ones, tf.shape(sumsq),
-                                            strides=list(strides), padding=padding,
-                                            dilations=list(dilations))
-            return x * spread
+            return _patch_norm_input_grad(x, xnorm, dxnorm, ones, strides, padding, dilations)
 
         return xnorm, grad
 
@@ -205,6 +253,26 @@ def filter_norm(kernel):
     return tf.sqrt(sumsq + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
 
 
+@tf.custom_gradient
+def unit_filters(kernel):
+    """kernel / filter_norm(kernel): every filter divided by its norm, in the kernel's dtype.
+
+    The same value, bit for bit, as `kernel / tf.cast(filter_norm(kernel), kernel.dtype)`,
+    with the gradient written out: for u = W / n, n = sqrt(sum W^2 + 1e-4),
+    dL/dW = (g - u * sum(g * u)) / n (the sums over each filter's k x k x C_in entries).
+    It keeps only u and n, one number per filter; autodiff through the norm kept two more
+    kernel-sized tensors per layer (the scaled kernel for the square's gradient and -W
+    for the division's, the latter computed before the backward pass even started).
+    """
+    wnorm = filter_norm(kernel)
+    unit = kernel / tf.cast(wnorm, kernel.dtype)
+
+    def grad(g):
+        return _unit_filters_grad(g, unit, wnorm, kernel.dtype)
+
+    return unit, grad
+
+
 def angular_function(cos, norm, k=None):
     """g(theta) of the paper for cos = cos(theta); `norm` names g as in the original.
 
@@ -234,166 +302,181 @@ def sigmoid_function(theta, k):
     return c * (1.0 - e) / (1.0 + e), e
 
 
-def _acos_grad_scale(cos):
-    """1 / sqrt(max(1 - c^2, 2**-23)): |d acos / dc|, bounded as in `safe_acos`."""
-    return tf.math.rsqrt(tf.maximum(1.0 - tf.square(cos), _ACOS_GRAD_MIN))
+def _response_forward(conv_unit, xnorm, norm, k):
+    """g(cos) with cos = conv_unit / xnorm, for one angular function (float32)."""
+    cos = conv_unit / xnorm
+    if norm == "cosine":
+        return cos
+    theta = tf.acos(tf.clip_by_value(cos, -1.0, 1.0))
+    if norm == "linear":
+        return -LINEAR_SLOPE * theta + 1.0
+    return sigmoid_function(theta, SIGMOID_K if norm == "sigmoid" else k)[0]
 
 
-def _normalised_response(norm):
-    """y = g(conv_unit / xnorm) for one angular function, with a hand-written gradient.
+def _response_backward(dy, y, xnorm, norm, k):
+    """(dL/dconv_unit, dL/dxnorm, dL/dk) of y = g(conv_unit / xnorm), from y alone.
 
-    `conv_unit` is the convolution with unit-norm filters W / |W| (equal to conv / |W|:
-    |W| is per output channel), so the cosine needs one division by the patch norm.
-    Autodiff through the divisions and the angle keeps about ten output-sized
-    intermediates and makes as many passes over them.  This keeps only the output
-    itself for `cosine` (y = cos) and `linear` (the cosine is recovered from
-    y = 1 - slope * theta, which the next layer keeps anyway), and the cosine and
-    e = exp((theta - pi/2) / k) for the sigmoids (recomputing them instead costs
-    an acos and an exp per element, about 3% of the layer's time, measured).  Inputs: conv_unit
-    [B,Ho,Wo,F], xnorm [B,Ho,Wo,1], k [F] (the effective k of `lr_sigmoid`,
-    |k_value| + 0.05; ignored otherwise).
+    Nothing but the output y (which the next layer keeps anyway) and the one-channel
+    patch norm is kept for the backward pass; the angle comes back from y:
+    - cosine:  cos = y.
+    - linear:  theta = (1 - y) / 0.63662.
+    - sigmoid, lr_sigmoid:  with t = y / C(k) = (1 - e) / (1 + e), e = exp((theta - pi/2) / k),
+      phi = pi/2 - theta = 2 k atanh(t), so cos theta = sin(phi), sin theta = cos(phi), and
+      dg/dtheta = -C (1 - t^2) / (2k), dg/dk = C'(k) t - C phi (1 - t^2) / (2 k^2).
+    dg/dc = -dg/dtheta / sin(theta), with sin(theta) bounded below as in `safe_acos`.
+    Each is the exact derivative; the rounding differs from autodiff of the forward
+    expressions in the last bits (docs/differences.md, "order of the arithmetic").
     """
+    dk = None
+    if norm == "cosine":
+        d, cos, scale = dy, y, 1.0
+    else:
+        # Everything below that depends on the output alone waits for dy: otherwise the
+        # executor is free to compute it right after the forward pass, and every layer's
+        # copy would then stay alive until the backward pass reaches that layer.
+        with tf.control_dependencies([dy]):
+            y = tf.identity(y)
+        if norm == "linear":
+            theta = (1.0 - y) * (1.0 / LINEAR_SLOPE)
+            cos = tf.cos(theta)
+            d = dy / tf.maximum(tf.sin(theta), _SIN_MIN)
+            scale = LINEAR_SLOPE  # applied to the small [B, Ho, Wo, 1] tensors below
+        else:
+            kk = SIGMOID_K if norm == "sigmoid" else k
+            c = sigmoid_constant(kk)
+            # |t| < 1 always, but for small k (C(k) rounds to 1) the output saturates
+            # at +-1, where the angle cannot come back and the derivative is 0 to float32
+            # precision: t is kept below 1 so that atanh stays finite (1 - t^2 ~ 1.2e-7).
+            t = tf.clip_by_value(y * (1.0 / c), -_T_MAX, _T_MAX)
+            d, cos, dk = _sigmoid_backward(dy, t, kk, c, learnable=norm == "lr_sigmoid")
+            scale = 1.0 if norm == "lr_sigmoid" else c / (2.0 * kk)
+    inv_xnorm = scale / xnorm
+    grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
+    # After the reduction, so that the product can take d's buffer (its last use): one
+    # output-sized temporary less at the peak of the backward pass.
+    with tf.control_dependencies([grad_xnorm]):
+        grad_conv = d * inv_xnorm
+    return grad_conv, grad_xnorm, dk
 
+
+def _sigmoid_backward(dy, t, k, c, learnable):
+    """(d, cos theta, dL/dk) of the sigmoid SphereConvs from t = g / C(k): see
+    `_response_backward`.  d = dy (1 - t^2) / max(sin theta, bound), times C / 2k when
+    `learnable` (k per filter); otherwise the caller applies C / 2k to 1 / |x|.
+
+    The control dependencies order the passes so that each output-sized tensor is
+    overwritten in place by the next pass once its last reader has run (TF reuses an
+    input's buffer only when nothing else still needs it): four such tensors are alive at
+    once, besides dy and the output, instead of seven.
+    """
+    dk_t = None
+    at = tf.atanh(t)
+    after_t = [at]
+    if learnable:
+        dk_t = tf.reduce_sum(dy * t, axis=[0, 1, 2])
+        after_t.append(dk_t)
+    with tf.control_dependencies(after_t):
+        w = dy * (1.0 - tf.square(t))  # t's last use: the square takes its buffer
+    phi = (2.0 * k) * at  # pi/2 - theta
+    dk = None
+    if learnable:
+        a = tf.exp(-np.pi / (2 * k))
+        dc_dk = a * np.pi / (tf.square(k) * tf.square(1.0 - a))
+        dk = dc_dk * dk_t - c / (2.0 * tf.square(k)) * tf.reduce_sum(phi * w, axis=[0, 1, 2])
+    cos = tf.sin(phi)
+    with tf.control_dependencies([cos] + ([dk] if learnable else [])):
+        sin = tf.maximum(tf.cos(phi), _SIN_MIN)  # phi's last use
+    d = w / sin
+    if learnable:
+        d = d * (c / (2.0 * k))  # one scale per filter: not foldable into 1 / |x|
+    return d, cos, dk
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_filter_response_fn(norm):
     @tf.custom_gradient
     def response(conv_unit, xnorm, k):
-        cos = conv_unit / xnorm
-        if norm == "cosine":
-            y = cos
-        else:
-            theta = tf.acos(tf.clip_by_value(cos, -1.0, 1.0))
-            if norm == "linear":
-                y = -LINEAR_SLOPE * theta + 1.0
-            else:
-                kk = SIGMOID_K if norm == "sigmoid" else k
-                y, e = sigmoid_function(theta, kk)
-
-        # Only these are referenced by `grad`, so only these stay alive until the
-        # backward pass (a custom gradient keeps what its closure captures).  For
-        # `lr_sigmoid`, theta - pi/2 = k log(e) comes back from e.
-        kept = y if norm in ("cosine", "linear") else (cos, e)
+        y = _response_forward(conv_unit, xnorm, norm, k)
 
         def grad(dy):
-            dk = None
-            # d = dy * g'(cos) / slope; the constant slope of `linear` is applied to the
-            # small [B, Ho, Wo, 1] tensors below instead of to an output-sized one.
-            slope = 1.0
-            if norm == "cosine":
-                cos_ = kept
-                d = dy
-                return _finish(dy, d, cos_, slope, dk)
-            # Everything below that depends on the forward pass alone waits for dy
-            # (as TF's own gradient of acos does): otherwise the executor is free to
-            # compute it right after the forward pass, and every layer's copy would
-            # then stay alive until the backward pass reaches that layer.
-            with tf.control_dependencies([dy]):
-                kept_ = tf.nest.map_structure(tf.identity, kept)
-            if norm == "linear":
-                # The cosine, recovered from the output: theta = (1 - y) / slope (one
-                # transcendental function instead of an output-sized tensor kept).
-                cos_ = tf.cos((1.0 - kept_) * (1.0 / LINEAR_SLOPE))
-                d = dy * _acos_grad_scale(cos_)
-                slope = LINEAR_SLOPE
-            else:
-                cos_, e = kept_
-                # g = C (1 - e) / (1 + e), e = exp((theta - pi/2) / k):
-                # dg/dtheta = -2 C e / (k (1 + e)^2), dtheta/dc = -1 / sqrt(1 - c^2)
-                one_plus_e = 1.0 + e
-                c = sigmoid_constant(kk)
-                dg_dtheta = (-2.0 * c / kk) * e / tf.square(one_plus_e)
-                d = dy * (-dg_dtheta) * _acos_grad_scale(cos_)
-                if norm == "lr_sigmoid":
-                    # dg/dk = dC/dk (1 - e)/(1 + e) + C 2 e (theta - pi/2) / (k^2 (1 + e)^2)
-                    a = tf.exp(-np.pi / (2 * k))
-                    dc_dk = a * np.pi / (tf.square(k) * tf.square(1.0 - a))
-                    dg_dk = (dc_dk * (1.0 - e) / one_plus_e
-                             + (2.0 * c / k) * e * tf.math.log(e) / tf.square(one_plus_e))
-                    dk = tf.reduce_sum(dy * dg_dk, axis=[0, 1, 2])
-            return _finish(dy, d, cos_, slope, dk)
-
-        def _finish(dy, d, cos_, slope, dk):
-            inv_xnorm = slope / xnorm
-            grad_xnorm = -tf.reduce_sum(d * cos_, axis=-1, keepdims=True) * inv_xnorm
-            # After the reduction, so that the product can take d's buffer (its last
-            # use): one output-sized temporary less at the peak of the backward pass.
-            with tf.control_dependencies([grad_xnorm]):
-                grad_conv = d * inv_xnorm
-            return grad_conv, grad_xnorm, dk
+            return _response_backward(dy, y, xnorm, norm, k)
 
         return y, grad
 
     return response
 
 
-_RESPONSES = {}
-
-
 def unit_filter_response(conv_unit, xnorm, norm, k=None):
-    """g(cos theta) from the convolution with unit-norm filters (`SphereConv2D`'s fast
-    path): cos = conv(x, W / |W|) / |x|, with the hand-written gradient of
-    `_normalised_response`.  `norm` is one of NORMS other than 'none'."""
-    if norm not in _RESPONSES:
-        _RESPONSES[norm] = _normalised_response(norm)
+    """g(cos theta) from the convolution with unit-norm filters: cos = conv(x, W / |W|) / |x|,
+    with the hand-written gradient of `_response_backward` (it keeps only the output).
+    `norm` is one of NORMS other than 'none'; k [F] is the effective k of `lr_sigmoid`."""
     if norm != "lr_sigmoid":
         k = tf.zeros([], tf.float32)
-    return _RESPONSES[norm](conv_unit, xnorm, k)
+    return _unit_filter_response_fn(norm)(conv_unit, xnorm, k)
 
 
-def sphere_convolution(x, unit_kernel, norm, k=None, strides=(1, 1), padding="same"):
-    """The whole fast SphereConv, g(conv(x, W/|W|) / |x|), as one hand-differentiated op.
+def _unit_filters_grad(g, unit, wnorm, dtype):
+    """dL/dW of u = W / n, n = sqrt(sum W^2 + 1e-4) per filter: (g - u sum(g u)) / n."""
+    u = tf.cast(unit, tf.float32)
+    g = tf.cast(g, tf.float32)
+    radial = tf.reduce_sum(g * u, axis=[0, 1, 2], keepdims=True)
+    return tf.cast((g - u * radial) / wnorm, dtype)
 
-    The convolution, the patch norm and the angular function are computed inside one
-    `tf.custom_gradient`, whose backward pass calls the convolution's two backprop
-    kernels itself.  Keeping the convolution inside matters for memory: TF keeps
-    every argument of a custom-gradient function alive until the backward pass, and the
-    convolution's output is as large as the layer's.  Inputs: x [B, H, W, C_in],
-    unit_kernel [k, k, C_in, F] (the filters divided by their norms), k [F] for
+
+def sphere_convolution(x, kernel, norm, k=None, strides=(1, 1), padding="same"):
+    """The whole fast SphereConv, g(conv(x, W / |W|) / |x|), as one hand-differentiated op.
+
+    The filter normalisation, the convolution, the patch norm and the angular function
+    are computed inside one `tf.custom_gradient`, whose backward pass calls the
+    convolution's two backprop kernels itself.  What it keeps for the backward pass is
+    its output, the one-channel patch norm and the filter norms (one number per
+    filter); the input and the kernel are kept by the layers around it anyway.  The
+    unit filters are computed again in the backward pass (a kernel-sized division, the
+    same bits) rather than kept, and nothing is computed before the output gradient
+    arrives.  Inputs: x [B, H, W, C_in], kernel [k, k, C_in, F], k [F] for
     `lr_sigmoid`.  Dilation 1, one group (SphereConv2D falls back otherwise).
     """
-    kernel_size = tuple(int(d) for d in unit_kernel.shape[:2])
+    kernel = tf.convert_to_tensor(kernel)
+    kernel_size = tuple(int(d) for d in kernel.shape[:2])
     fn = _sphere_convolution_fn(norm, kernel_size, tuple(strides), padding.upper())
     if norm != "lr_sigmoid":
         k = tf.zeros([], tf.float32)
-    return fn(x, unit_kernel, k)
+    return fn(x, kernel, k)
 
 
 @functools.lru_cache(maxsize=None)
 def _sphere_convolution_fn(norm, kernel_size, strides, padding):
-    response = _normalised_response(norm)
     conv_strides = [1, strides[0], strides[1], 1]
 
+    def unit_filters_of(kernel, wnorm):
+        return kernel / tf.cast(wnorm, kernel.dtype)
+
     @tf.custom_gradient
-    def sphere_conv(x, unit_kernel, k):
-        conv = tf.nn.conv2d(x, unit_kernel, conv_strides, padding)
+    def sphere_conv(x, kernel, k):
+        wnorm = filter_norm(kernel)
+        conv = tf.nn.conv2d(x, unit_filters_of(kernel, wnorm), conv_strides, padding)
         x32 = tf.cast(x, tf.float32)
-        xnorm, sumsq, ones = _patch_norm_forward(x32, kernel_size, strides, padding)
-        # The response's own hand-written gradient is reused through a tape on its
-        # (already computed) inputs; nothing output-sized but its output is kept.
-        y, response_grad = _call_with_grad(response, tf.cast(conv, tf.float32), xnorm, k)
+        xnorm, ones = _patch_norm_forward(x32, kernel_size, strides, padding)
+        y = _response_forward(tf.cast(conv, tf.float32), xnorm, norm, k)
 
         def grad(dy):
-            grad_conv, grad_xnorm, dk = response_grad(dy)
+            grad_conv, grad_xnorm, dk = _response_backward(dy, y, xnorm, norm, k)
             grad_conv = tf.cast(grad_conv, conv.dtype)
+            with tf.control_dependencies([grad_conv]):
+                unit = unit_filters_of(kernel, wnorm)
             gx = tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(x), filter=unit_kernel, out_backprop=grad_conv,
+                input_sizes=tf.shape(x), filter=unit, out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
-            gw = tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=tf.shape(unit_kernel), out_backprop=grad_conv,
+            gu = tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(kernel), out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
-            # xnorm = sqrt(box_sum(sum_c x^2) + eps)  =>  dxnorm/dx = x * box_sum^T(1/xnorm)
-            spread = tf.nn.conv2d_transpose(grad_xnorm / xnorm, ones, tf.shape(sumsq),
-                                            strides=conv_strides, padding=padding)
-            gx = gx + tf.cast(x32 * spread, gx.dtype)
-            return gx, gw, dk
+            gx = gx + tf.cast(_patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding),
+                              gx.dtype)
+            return gx, _unit_filters_grad(gu, unit, wnorm, kernel.dtype), dk
 
         return y, grad
 
     return sphere_conv
-
-
-def _call_with_grad(custom_fn, *args):
-    """(outputs, grad_fn) of a @tf.custom_gradient function, called undecorated: its
-    hand-written gradient, for use inside another custom gradient."""
-    return custom_fn.__wrapped__(*args)
 
 
 def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None,
