@@ -253,7 +253,6 @@ def filter_norm(kernel):
     return tf.sqrt(sumsq + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
 
 
-@tf.custom_gradient
 def unit_filters(kernel):
     """kernel / filter_norm(kernel): every filter divided by its norm, in the kernel's dtype.
 
@@ -264,6 +263,11 @@ def unit_filters(kernel):
     kernel-sized tensors per layer (the scaled kernel for the square's gradient and -W
     for the division's, the latter computed before the backward pass even started).
     """
+    return _unit_filters(tf.convert_to_tensor(kernel))  # a variable read, not the variable
+
+
+@tf.custom_gradient
+def _unit_filters(kernel):
     wnorm = filter_norm(kernel)
     unit = kernel / tf.cast(wnorm, kernel.dtype)
 
@@ -307,10 +311,13 @@ def _response_forward(conv_unit, xnorm, norm, k):
     cos = conv_unit / xnorm
     if norm == "cosine":
         return cos
-    theta = tf.acos(tf.clip_by_value(cos, -1.0, 1.0))
     if norm == "linear":
-        return -LINEAR_SLOPE * theta + 1.0
-    return sigmoid_function(theta, SIGMOID_K if norm == "sigmoid" else k)[0]
+        return -LINEAR_SLOPE * tf.acos(tf.clip_by_value(cos, -1.0, 1.0)) + 1.0
+    # C (1 - e) / (1 + e) with e = exp((theta - pi/2) / k) is C tanh((pi/2 - theta) / 2k),
+    # and pi/2 - acos(c) = asin(c): two transcendental passes where the original's
+    # expression takes acos, exp and a division.
+    kk = SIGMOID_K if norm == "sigmoid" else k
+    return sigmoid_constant(kk) * tf.tanh(tf.asin(tf.clip_by_value(cos, -1.0, 1.0)) * (0.5 / kk))
 
 
 def _response_backward(dy, y, xnorm, norm, k):
