@@ -12,8 +12,10 @@ step above the memory held before it (the step's working memory: activations, gr
 and temporaries), twice: with TF's default inter-op threads, where the executor may run
 independent ops in any order and the peak varies from run to run, and with one inter-op
 thread, the memory the step's graph needs in a fixed order.  `--jit_compile`
-compiles the steps with XLA and `--mixed_precision` runs them under the training
-scripts' policy (`mixed_float16` with loss scaling on a GPU, `mixed_bfloat16` on CPUs).
+compiles the steps with XLA and `--mixed_precision [auto|float16|bfloat16]` runs them
+under the training scripts' policy of that flag (auto: `mixed_bfloat16` on GPUs of
+compute capability 8.0 and above and on CPUs, `mixed_float16` with loss scaling on
+older GPUs).
 """
 
 import argparse
@@ -27,12 +29,13 @@ import common
 import keras
 import tensorflow as tf
 
-from spherenet_tf.training import precision_policy
+from spherenet_tf.training import PRECISIONS, precision_policy
 from train_step_bench import MODELS, make_step
 
 PAIRS = {  # model -> the baseline it is compared with
     "spherenet9": "baseline_cnn", "spherenet9_linear": "baseline_cnn",
-    "spherenet9_original": "baseline_cnn", "sphere_resnet32": "baseline_resnet32",
+    "spherenet9_original": "baseline_cnn", "spherenet9_sigmoid": "baseline_cnn",
+    "spherenet9_lr_sigmoid": "baseline_cnn", "sphere_resnet32": "baseline_resnet32",
 }
 
 
@@ -60,30 +63,8 @@ def memory_child(name, batch, jit, inter_op=0):
                       "peak_mib": peak / 2**20, "device": device}))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="timed repetitions of each step; the median is reported (default 7)")
-    parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn",
-                        help=f"comma-separated, from {','.join(MODELS)}")
-    parser.add_argument("--memory", action="store_true",
-                        help="also measure each model's peak step memory in fresh processes")
-    parser.add_argument("--memory_repeats", type=int, default=3,
-                        help="fresh processes per model and mode for --memory (median reported)")
-    parser.add_argument("--jit_compile", action="store_true", help="compile the steps with XLA")
-    parser.add_argument("--mixed_precision", action="store_true",
-                        help="the training scripts' mixed precision policy (float16 on GPUs, bfloat16 on CPUs)")
-    parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--inter-op", dest="inter_op", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child and args.inter_op:  # before anything initialises TF's runtime
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    policy = precision_policy(args.mixed_precision)
-    keras.mixed_precision.set_global_policy(policy)
-    if args.child:
-        return memory_child(args.child, args.batch, args.jit_compile, args.inter_op)
-    names = args.models.split(",")
+def time_steps(names, args, policy):
+    """Print the table of step times, images/s and ratios to each model's baseline."""
     fns = [step_fn(n, args.batch, args.jit_compile) for n in names]
     times = common.interleaved_median_times(fns, repeats=args.repeats, warmup=2)
     t = dict(zip(names, times))
@@ -95,6 +76,42 @@ def main():
     print(f"training step, batch {args.batch}, median of {args.repeats} interleaved repetitions"
           f"{', XLA' if args.jit_compile else ''}, policy {policy}; devices {[d.name for d in tf.config.list_logical_devices()]}")
     common.print_table(["model", "ms/step", "images/s", "ratio"], rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed repetitions of each step; the median is reported (default 7)")
+    parser.add_argument("--models", default="spherenet9,spherenet9_linear,spherenet9_original,baseline_cnn",
+                        help=f"comma-separated, from {','.join(MODELS)}")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure each model's peak step memory in fresh processes")
+    parser.add_argument("--no_timing", action="store_true",
+                        help="skip the timed steps (with --memory: the memory table only)")
+    parser.add_argument("--memory_repeats", type=int, default=3,
+                        help="fresh processes per model and mode for --memory (median reported)")
+    parser.add_argument("--jit_compile", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--mixed_precision", nargs="?", const="auto", default="off",
+                        choices=PRECISIONS,
+                        help="the training scripts' --mixed_precision: off (default), auto (the flag "
+                             "alone: bfloat16 on GPUs of compute capability >= 8.0 and on CPUs, "
+                             "float16 on older GPUs), float16 or bfloat16")
+    parser.add_argument("--memory-child", dest="child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--inter-op", dest="inter_op", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child and args.inter_op:  # before anything initialises TF's runtime
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    policy = precision_policy(args.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    if args.child:
+        return memory_child(args.child, args.batch, args.jit_compile, args.inter_op)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if not args.no_timing:
+        time_steps(names, args, policy)
     if args.memory:
         modes = {"default threads": 0, "1 inter-op thread": 1}
         mem = {mode: {} for mode in modes}
@@ -103,7 +120,7 @@ def main():
                 cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name,
                        "--batch", str(args.batch), "--inter-op", str(inter_op)]
                 cmd += ["--jit_compile"] if args.jit_compile else []
-                cmd += ["--mixed_precision"] if args.mixed_precision else []
+                cmd += ["--mixed_precision", args.mixed_precision]
                 env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
                 growths = []
                 for _ in range(args.memory_repeats):

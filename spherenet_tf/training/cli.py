@@ -19,7 +19,7 @@ from .distribution import configure_devices
 from .errors import TrainingError, exit_code
 from .eval_only import run_eval_only
 from .loop import Trainer
-from .settings import Settings, SettingsError, fields, validate_settings
+from .settings import BARE_FLAG_VALUES, Settings, SettingsError, fields, validate_settings
 
 #: Paths in a settings block are relative to the script's folder (the original's
 #: scripts were run from there); given on the command line, to the current folder.
@@ -105,6 +105,13 @@ def build_parser(block, description=None):
         if kind is bool:
             group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
+        elif name in BARE_FLAG_VALUES:
+            bare, off = BARE_FLAG_VALUES[name]
+            group.add_argument(f"--{name}", nargs="?", const=bare, default=argparse.SUPPRESS,
+                               help=f"{help_text}; the flag alone means {bare}",
+                               metavar=kind.__name__.upper())
+            group.add_argument(f"--no-{name}", dest=name, action="store_const", const=off,
+                               default=argparse.SUPPRESS, help=f"the same as --{name} {off}")
         else:
             group.add_argument(f"--{name}", type=_typed(kind, name), default=argparse.SUPPRESS,
                                help=help_text, metavar=kind.__name__.upper())

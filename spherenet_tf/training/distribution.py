@@ -69,10 +69,63 @@ def worker_role(strategy):
     return (task_type == "worker" and task_id == 0 and not has_chief), task_id
 
 
+#: Values of --mixed_precision: 'off' (float32), 'auto' (what the device runs best: see
+#: `choose_precision`), or a forced compute dtype.
+PRECISIONS = ("off", "auto", "float16", "bfloat16")
+#: The first NVIDIA compute capability with bfloat16 tensor cores (Ampere: A100, RTX 30xx).
+BFLOAT16_COMPUTE_CAPABILITY = (8, 0)
+
+
+def gpu_details():
+    """[(name, compute capability or None)] of the visible GPUs, from TF's device details."""
+    out = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device) or {}
+        capability = details.get("compute_capability")
+        out.append((details.get("device_name", device.name),
+                    tuple(capability) if capability else None))
+    return out
+
+
+def choose_precision(mixed_precision, gpus=None):
+    """(Keras dtype policy, the reason in words) of a run's --mixed_precision.
+
+    'auto' takes bfloat16 where it is fast and safe: on GPUs of compute capability 8.0
+    and above (Ampere, Hopper, ...: full tensor-core speed, float32's range, no loss
+    scaling, and the SphereConvs compute in it too) and on CPUs; float16 with loss
+    scaling on older GPUs, which have float16 tensor cores but no bfloat16 ones.
+    'float16' / 'bfloat16' force that dtype; 'off' is float32.  `gpus` defaults to the
+    visible GPUs (`gpu_details`); with several, the slowest one decides.
+    """
+    if mixed_precision is True:  # the boolean of earlier versions
+        mixed_precision = "auto"
+    if mixed_precision in (False, None, "off"):
+        return "float32", "--mixed_precision off"
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(f"--mixed_precision {mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
+    if mixed_precision != "auto":
+        return f"mixed_{mixed_precision}", f"--mixed_precision {mixed_precision}: as asked"
+    gpus = gpu_details() if gpus is None else gpus
+    if not gpus:
+        return "mixed_bfloat16", "--mixed_precision auto: no GPU, bfloat16 on the CPU"
+    known = [c for _, c in gpus if c is not None]
+    if len(known) < len(gpus):
+        unknown = next(name for name, c in gpus if c is None)
+        return "mixed_float16", (
+            f"--mixed_precision auto: the compute capability of GPU {unknown!r} is not known, "
+            "so float16 with loss scaling (--mixed_precision bfloat16 forces bfloat16)")
+    slowest_name, slowest = min(gpus, key=lambda g: g[1])
+    cc = f"{slowest[0]}.{slowest[1]}"
+    if slowest >= BFLOAT16_COMPUTE_CAPABILITY:
+        return "mixed_bfloat16", (
+            f"--mixed_precision auto: GPU {slowest_name!r} has compute capability {cc} >= 8.0, "
+            "so bfloat16 (tensor-core speed, float32's range, no loss scaling)")
+    return "mixed_float16", (
+        f"--mixed_precision auto: GPU {slowest_name!r} has compute capability {cc} < 8.0 (no "
+        "bfloat16 tensor cores), so float16 with loss scaling; SphereConvs with an angle "
+        "compute in float32 under it")
+
+
 def precision_policy(mixed_precision):
-    """Keras dtype policy of a run: 'float32', or with --mixed_precision 'mixed_float16'
-    where a GPU is visible (tensor cores; needs loss scaling) and 'mixed_bfloat16' on CPUs
-    (bfloat16 has float32's range, so no loss scaling)."""
-    if not mixed_precision:
-        return "float32"
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    """The Keras dtype policy of a run's --mixed_precision (see `choose_precision`)."""
+    return choose_precision(mixed_precision)[0]

@@ -58,6 +58,7 @@ class Trainer:
         checkpoint = tf.train.Checkpoint()
         self.files = RunFiles(s.model_file, checkpoint, self.is_chief, self.task_id)
         self.task = ClassificationTask(s, build_model, self.strategy, data)
+        self.log.note(f"precision: {self.task.precision_policy} ({self.task.precision_reason})")
         checkpoint.model, checkpoint.optimizer = self.task.model, self.task.optimizer
 
     @property

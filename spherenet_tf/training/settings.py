@@ -15,7 +15,7 @@ from .. import cifar10_input
 from ..ga_softmax import G_FUNCTIONS, LOSSES
 from ..messages import closest
 from ..sphere_ops import NORMS, W_NORMS
-from .distribution import STRATEGIES
+from .distribution import PRECISIONS, STRATEGIES
 
 PROGRESS = ("auto", "on", "off")
 
@@ -78,10 +78,11 @@ class Settings:
         "model_file (otherwise a previous run is continued)")
     deterministic: bool = _setting(
         False, "enable TF's deterministic ops (bit-reproducible runs, slower)")
-    mixed_precision: bool = _setting(
-        False, "mixed precision: float16 compute with loss scaling on GPUs, bfloat16 on CPUs; "
-        "variables, SphereConv norms and angles, BN and the loss stay float32 (under float16, "
-        "SphereConvs with an angle compute entirely in float32)")
+    mixed_precision: str = _setting(
+        "off", "mixed precision: off (float32); auto (the flag alone): bfloat16 on GPUs of compute "
+        "capability >= 8.0 and on CPUs, float16 with loss scaling on older GPUs; or float16 / "
+        "bfloat16 to force one. Variables, SphereConv norms and angles, BN and the loss stay "
+        "float32 (under float16, SphereConvs with an angle compute entirely in float32)")
     jit_compile: bool = _setting(False, "compile the training step with XLA")
     tensorboard: str = _setting(
         "on", "write TensorBoard events (the log lines' values, test accuracy, learning rate, "
@@ -103,10 +104,18 @@ class Settings:
         "angular margin; g is the score layer's --w_norm: linear, cosine or sigmoid)")
     margin: float = _setting(1.0, "angular margin m >= 1 of --loss ga_softmax (1 = no margin)")
 
+    def __post_init__(self):
+        # the boolean --mixed_precision of earlier versions (and of Python callers)
+        if isinstance(self.mixed_precision, bool):
+            self.mixed_precision = "auto" if self.mixed_precision else "off"
+
 
 #: The settings of the original scripts' block; the other fields are the port's options.
 ORIGINAL_BLOCK = ("n_class", "batch_sz", "batch_test", "max_epoch", "lr", "data_path",
                   "model_file", "norm", "w_norm", "augmentation")
+#: Settings whose flag may be given without a value: setting -> (value of the bare flag,
+#: value of --no-<setting>).
+BARE_FLAG_VALUES = {"mixed_precision": ("auto", "off")}
 #: Settings whose values are names: setting -> allowed values.
 CHOICES = {
     "norm": NORMS,
@@ -117,6 +126,7 @@ CHOICES = {
     "tensorboard": ("on", "off"),
     "dataset": tuple(cifar10_input.DATASETS),
     "loss": LOSSES,
+    "mixed_precision": PRECISIONS,
 }
 AT_LEAST_ONE = ("n_class", "batch_sz", "batch_test", "log_every", "eval_every", "save_every",
                 "checkpoint_every", "cpu_replicas")

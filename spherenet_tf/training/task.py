@@ -19,7 +19,7 @@ from ..checks import InputError, check_dataset
 from ..ga_softmax import margin_forward
 from ..losses import loss2_per_example
 from ..regularizers import has_orthogonality, regularization_terms
-from .distribution import precision_policy
+from .distribution import choose_precision
 from .errors import TrainingError
 from .nonfinite import nonfinite_flag, nonfinite_source
 from .schedule import OriginalSchedule, original_adam
@@ -46,7 +46,7 @@ class ClassificationTask:
         self.s = s = settings
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
-        self.precision_policy = precision_policy(s.mixed_precision)
+        self.precision_policy, self.precision_reason = choose_precision(s.mixed_precision)
         keras.mixed_precision.set_global_policy(self.precision_policy)
         self._check_divisible()
         if data is None:
