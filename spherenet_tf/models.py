@@ -200,3 +200,27 @@ def feature_model(model):
     """
     score = model.get_layer("score")
     return keras.Model(model.inputs, [model.outputs[0], score.input], name=f"{model.name}_features")
+
+
+#: The original's four networks, as its scripts define them: name -> (builder, settings).
+#: The repository's settings files (`spherenet.py`, `baseline/baseline_cnn.py`,
+#: `sphere_resnet/sphere_resnet_v1.py`, `sphere_resnet/baseline/baseline_resnet.py`)
+#: build the same (tests/test_models.py checks it); this table is for code that needs
+#: them by name (the self-check, the benchmarks).
+ORIGINAL_NETWORKS = {
+    "spherenet9": (build_cnn9, {"norm": "cosine", "reg": False, "orth": True}),
+    "baseline_cnn": (build_cnn9, {"norm": "none", "reg": True, "orth": False}),
+    "sphere_resnet32": (build_resnet32, {"norm": "linear", "reg": False, "orth": True}),
+    "baseline_resnet32": (build_resnet32, {"norm": "none", "reg": True, "orth": False}),
+}
+
+
+def build_original(name, n_class=10):
+    """One of the original's four networks by name (`ORIGINAL_NETWORKS`), with its
+    scripts' settings: logits [B, n_class] of float images 0..255."""
+    if name not in ORIGINAL_NETWORKS:
+        raise ValueError(
+            f"Unknown network {name!r}. Allowed values are: {', '.join(map(repr, ORIGINAL_NETWORKS))}."
+        )
+    builder, settings = ORIGINAL_NETWORKS[name]
+    return builder(n_class, name=name, **settings)

@@ -122,3 +122,14 @@ def test_a_strided_unit_that_keeps_its_width_gets_a_strided_shortcut():
     assert x_in.shape == (2, 32, 32, 8) and out.shape == (2, 16, 16, 8)
     np.testing.assert_allclose(out, np.maximum(residual + short, 0), rtol=1e-6, atol=1e-6)
     assert model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32"])
+def test_the_table_of_original_networks_builds_what_the_scripts_build(name):
+    # build_original (used by the self-check and the benchmarks) must not drift from the
+    # settings files users edit: the same layers, each with the same configuration.
+    from spherenet_tf.models import build_original
+
+    script_model, table_model = build(name), build_original(name)
+    assert table_model.name == script_model.name
+    assert [l.get_config() for l in table_model.layers] == [l.get_config() for l in script_model.layers]
