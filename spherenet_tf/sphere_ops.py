@@ -441,7 +441,8 @@ def sphere_convolution(x, kernel, norm, k=None, strides=(1, 1), padding="same"):
     unit filters are computed again in the backward pass (a kernel-sized division, the
     same bits) rather than kept, and nothing is computed before the output gradient
     arrives.  Inputs: x [B, H, W, C_in], kernel [k, k, C_in, F], k [F] for
-    `lr_sigmoid`.  Dilation 1, one group (SphereConv2D falls back otherwise).
+    `lr_sigmoid`; the output has x's dtype (the norms and angles are float32 inside).
+    Dilation 1, one group (SphereConv2D falls back otherwise).
     """
     kernel = tf.convert_to_tensor(kernel)
     kernel_size = tuple(int(d) for d in kernel.shape[:2])
@@ -462,12 +463,14 @@ def _sphere_convolution_fn(norm, kernel_size, strides, padding):
     def sphere_conv(x, kernel, k):
         wnorm = filter_norm(kernel)
         conv = tf.nn.conv2d(x, unit_filters_of(kernel, wnorm), conv_strides, padding)
-        x32 = tf.cast(x, tf.float32)
-        xnorm, ones = _patch_norm_forward(x32, kernel_size, strides, padding)
-        y = _response_forward(tf.cast(conv, tf.float32), xnorm, norm, k)
+        xnorm, ones = _patch_norm_forward(tf.cast(x, tf.float32), kernel_size, strides, padding)
+        # The output in the input's dtype is what is kept (and returned): under bfloat16 a
+        # float32 copy of the output, and of the input, would double what the layer keeps.
+        y = tf.cast(_response_forward(tf.cast(conv, tf.float32), xnorm, norm, k), x.dtype)
 
         def grad(dy):
-            grad_conv, grad_xnorm, dk = _response_backward(dy, y, xnorm, norm, k)
+            grad_conv, grad_xnorm, dk = _response_backward(
+                tf.cast(dy, tf.float32), tf.cast(y, tf.float32), xnorm, norm, k)
             grad_conv = tf.cast(grad_conv, conv.dtype)
             with tf.control_dependencies([grad_conv]):
                 unit = unit_filters_of(kernel, wnorm)
@@ -477,6 +480,8 @@ def _sphere_convolution_fn(norm, kernel_size, strides, padding):
             gu = tf.raw_ops.Conv2DBackpropFilter(
                 input=x, filter_sizes=tf.shape(kernel), out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
+            with tf.control_dependencies([grad_xnorm]):
+                x32 = tf.cast(x, tf.float32)
             gx = gx + tf.cast(_patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding),
                               gx.dtype)
             return gx, _unit_filters_grad(gu, unit, wnorm, kernel.dtype), dk
