@@ -65,7 +65,9 @@ def main():
 
     def build_layer():
         size, c_in, c_out, k, pad = SHAPES[args.layer]
-        x = tf.constant(np.random.RandomState(0).standard_normal((args.batch, size, size, c_in)), tf.float32)
+        # a variable, not a constant: grappler would fold everything computed from x alone
+        x = tf.Variable(np.random.RandomState(0).standard_normal((args.batch, size, size, c_in)),
+                        dtype=tf.float32, trainable=False)
         if args.norm == "conv2d":
             import keras
 
@@ -73,6 +75,7 @@ def main():
         else:
             layer = SphereConv2D(c_out, k, padding=pad, norm=args.norm,
                                  formulation="original" if args.original else "fast")
+        x = tf.identity(x)
         y = layer(x)
         loss = tf.reduce_sum(y * y)
         return tf.gradients(loss, [x] + layer.trainable_weights)
@@ -84,7 +87,7 @@ def main():
 
         model = MODELS[args.model + ("_original" if args.original else "")]()
         rng = np.random.RandomState(0)
-        x = tf.constant(rng.uniform(0, 255, (args.batch, 32, 32, 3)).astype(np.float32))
+        x = tf.Variable(rng.uniform(0, 255, (args.batch, 32, 32, 3)).astype(np.float32), trainable=False)
         y = tf.constant(rng.randint(0, 10, args.batch).astype(np.int32))
         logits = model(x, training=True)
         reg, orth = regularization_terms(model)
