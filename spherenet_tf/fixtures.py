@@ -75,6 +75,14 @@ def rule_value(name, shape, prefix):
     raise KeyError(f"no generation rule for {name}")
 
 
+def assign_rule_weights(variables, prefix):
+    """Give every trainable variable of `variables` (TF1 name -> variable, as
+    `tf1_names.tf1_variables` returns) its value by rule 2.1."""
+    for name, variable in variables.items():
+        if variable.trainable:
+            variable.assign(rule_value(name, tuple(variable.shape), prefix))
+
+
 def rel_err(actual, expected):
     """max |actual - expected| / max |expected| over the finite expected values (the
     fixtures' error measure); inf when their finiteness differs."""

@@ -52,8 +52,6 @@ MIXED_TOL = {
     "mixed_float16": {"layer": 3e-3, "network": 2e-2},
     "mixed_bfloat16": {"layer": 2e-2, "network": 1e-1},
 }
-#: Where each network's logits are compared: (fixture key, mode).
-NETWORK_OUTPUTS = (("init/train/score", "train"), ("ref_eval/score", "eval"))
 #: conv_layer.npz's layer configurations: name -> (kernel size, padding, stride).
 LAYER_CONFIGS = {
     "k3_SAME_s1": (3, "same", 1),
@@ -178,9 +176,7 @@ def check_network(golden, name, policy, tol):
     with _Policy(policy):
         model = build_original(name)
         variables = tf1_variables(model)
-        for tf1_name, variable in variables.items():
-            if variable.trainable:
-                variable.assign(fixtures.rule_value(tf1_name, tuple(variable.shape), prefix))
+        fixtures.assign_rule_weights(variables, prefix)
         images = tf.constant(g["images"])
         results = []
         train = _as_float32(model(images, training=True))
@@ -274,8 +270,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="training batch of the timing")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps")
     args = parser.parse_args(argv)
-    batch = args.batch or (16 if args.fast else 128)
-    steps = args.steps or (3 if args.fast else 20)
+    batch = args.batch if args.batch is not None else (16 if args.fast else 128)
+    steps = args.steps if args.steps is not None else (3 if args.fast else 20)
     if batch < 1 or steps < 1:
         parser.error(f"--batch and --steps must be at least 1; received {batch} and {steps}")
     try:

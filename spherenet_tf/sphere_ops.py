@@ -143,10 +143,8 @@ def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
 
     if _compiled_by_xla():  # XLA has no EuclideanNorm; it fuses the square into the sum
         sumsq = tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
-        pixel_norm = tf.sqrt(sumsq)
     else:
-        pixel_norm = tf.math.reduce_euclidean_norm(x, axis=-1, keepdims=True)
-        sumsq = tf.square(pixel_norm)
+        sumsq = tf.square(tf.math.reduce_euclidean_norm(x, axis=-1, keepdims=True))
 
     def direct():
         return tf.sqrt(box_sum(sumsq) + NORM_EPS)
@@ -155,7 +153,7 @@ def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
         sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
         return tf.sqrt(box_sum(sumsq) + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
 
-    xnorm = tf.cond(tf.reduce_max(pixel_norm) < _DIRECT_NORM_MAX, direct, scaled)
+    xnorm = tf.cond(tf.reduce_max(sumsq) < _DIRECT_NORM_MAX * _DIRECT_NORM_MAX, direct, scaled)
     return xnorm, ones
 
 
@@ -266,10 +264,15 @@ def unit_filters(kernel):
     return _unit_filters(tf.convert_to_tensor(kernel))  # a variable read, not the variable
 
 
+def _divide_by_norms(kernel, wnorm):
+    """The unit filters W / |W| in the kernel's dtype, from the float32 filter norms."""
+    return kernel / tf.cast(wnorm, kernel.dtype)
+
+
 @tf.custom_gradient
 def _unit_filters(kernel):
     wnorm = filter_norm(kernel)
-    unit = kernel / tf.cast(wnorm, kernel.dtype)
+    unit = _divide_by_norms(kernel, wnorm)
 
     def grad(g):
         return _unit_filters_grad(g, unit, wnorm, kernel.dtype)
@@ -456,13 +459,10 @@ def sphere_convolution(x, kernel, norm, k=None, strides=(1, 1), padding="same"):
 def _sphere_convolution_fn(norm, kernel_size, strides, padding):
     conv_strides = [1, strides[0], strides[1], 1]
 
-    def unit_filters_of(kernel, wnorm):
-        return kernel / tf.cast(wnorm, kernel.dtype)
-
     @tf.custom_gradient
     def sphere_conv(x, kernel, k):
         wnorm = filter_norm(kernel)
-        conv = tf.nn.conv2d(x, unit_filters_of(kernel, wnorm), conv_strides, padding)
+        conv = tf.nn.conv2d(x, _divide_by_norms(kernel, wnorm), conv_strides, padding)
         xnorm, ones = _patch_norm_forward(tf.cast(x, tf.float32), kernel_size, strides, padding)
         # The output in the input's dtype is what is kept (and returned): under bfloat16 a
         # float32 copy of the output, and of the input, would double what the layer keeps.
@@ -473,7 +473,7 @@ def _sphere_convolution_fn(norm, kernel_size, strides, padding):
                 tf.cast(dy, tf.float32), tf.cast(y, tf.float32), xnorm, norm, k)
             grad_conv = tf.cast(grad_conv, conv.dtype)
             with tf.control_dependencies([grad_conv]):
-                unit = unit_filters_of(kernel, wnorm)
+                unit = _divide_by_norms(kernel, wnorm)
             gx = tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.shape(x), filter=unit, out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)

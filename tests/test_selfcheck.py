@@ -84,3 +84,11 @@ def test_an_installed_package_carries_the_fixtures():
     assert "spherenet_tf.golden" in setuptools["packages"]
     assert set(setuptools["package-data"]["spherenet_tf.golden"]) >= {"*.npz", "*.json"}
     assert REPO_GOLDEN == REPO / "tests" / "golden"
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--steps"])
+def test_a_zero_batch_or_step_count_is_refused(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        selfcheck.main([flag, "0"])
+    assert e.value.code == 2
+    assert "--batch and --steps must be at least 1" in capsys.readouterr().err

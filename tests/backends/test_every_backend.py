@@ -22,8 +22,9 @@ from support import numpy_reference as ref
 from support.adversarial import CONFIGS, FILTERS, grid, make_case, representable
 from support.backend_grad import compiled_call, layer_fn, output, value_and_grads
 from support.backend_models import first_fit_losses, fit_batch, small_spherenet
-from support.golden_rules import check, load_npz, rule_value, weight_prefix
+from support.golden_rules import check, load_npz, weight_prefix
 from spherenet_tf import GASoftmaxScore, SphereConv2D, SphereNorm2D
+from spherenet_tf.fixtures import assign_rule_weights
 from spherenet_tf.losses import Loss2, loss2
 from spherenet_tf.models import build_cnn9, build_resnet32, feature_model
 from spherenet_tf.regularizers import WEIGHT_DECAY, L2Loss, orthogonality_loss, regularization_terms
@@ -144,9 +145,7 @@ def build_golden_model(name):
 
 
 def set_golden_weights(model):
-    for tf1_name, variable in tf1_variables(model).items():
-        if variable.trainable:
-            variable.assign(rule_value(tf1_name, tuple(variable.shape), weight_prefix()))
+    assign_rule_weights(tf1_variables(model), weight_prefix())
 
 
 @pytest.mark.parametrize("name", ["spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32"])

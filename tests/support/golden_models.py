@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 
 from .repo import load_module
-from .golden_rules import load_npz, rule_value, weight_prefix
+from .golden_rules import load_npz, weight_prefix
+from spherenet_tf.fixtures import assign_rule_weights
 from spherenet_tf.layers import SphereConv2D
 from spherenet_tf.regularizers import regularization_terms
 from spherenet_tf.losses import loss2
@@ -46,10 +47,10 @@ def build(name, formulation="fast"):
 
 
 def set_rule_weights(model, prefix):
-    for tf1_name, variable in tf1_variables(model).items():
-        if variable.trainable:
-            variable.assign(rule_value(tf1_name, tuple(variable.shape), prefix))
-        else:
+    variables = tf1_variables(model)
+    assign_rule_weights(variables, prefix)
+    for tf1_name, variable in variables.items():
+        if not variable.trainable:
             assert not np.any(variable.numpy()), f"{tf1_name} should start at zero"
 
 
