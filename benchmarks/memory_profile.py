@@ -106,7 +106,8 @@ def child(name, batch, inter_op):
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     import tensorflow as tf
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    # A neighbour script, imported by name as the other benchmarks import `common`:
+    # Python puts this script's folder first on the import path when it runs the file.
     from train_step_bench import make_step
 
     run, _ = make_step(name, batch, repeats=1)

@@ -8,6 +8,8 @@ repository: its tests look for it in `$SPHERENET_GOLDEN`, `tests/golden/` and
 `../shared/golden` beside the checkout, and skip, saying where to put it, when absent.
 """
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -51,12 +53,28 @@ def original_checkpoint():
     )
 
 
+class _NeighbourFinder(importlib.abc.MetaPathFinder):
+    """Finds top-level modules in one folder, for `load_module`: a script's neighbours
+    (`import sphere_resnet_v1` beside `train_sphere_resnet.py`), found as Python finds
+    them when it runs the script, without changing the interpreter's import path."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or "." in fullname:  # submodules: the normal machinery's
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
+
+
 def load_module(relative_path):
     """Import a repository file by path (the original's folders are not packages).
 
-    While it loads, its folder comes first on the import path, as it does when Python
-    runs it (`python sphere_resnet/train_sphere_resnet.py`): the scripts import their
-    neighbours by name (`import sphere_resnet_v1`), as the original's did.
+    While it loads, modules in its folder are found first, as they are when Python runs
+    it (`python sphere_resnet/train_sphere_resnet.py`): the scripts import their
+    neighbours by name (`import sphere_resnet_v1`), as the original's did.  A finder
+    placed just before the standard path finder does this (built-in and frozen modules
+    still come first, as for a script).
     """
     path = REPO / relative_path
     name = "_repo_" + relative_path.replace("/", "_").removesuffix(".py")
@@ -65,9 +83,17 @@ def load_module(relative_path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(path.parent))
+    finder = _NeighbourFinder(path.parent)
+    where = next((i for i, f in enumerate(sys.meta_path)
+                  if f is importlib.machinery.PathFinder), len(sys.meta_path))
+    sys.meta_path.insert(where, finder)
+    try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.meta_path.remove(finder)
     return module
 
 
