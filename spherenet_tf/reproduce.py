@@ -237,14 +237,15 @@ def start(runs, row, place, attempt):
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(os.getpid()))
 
 
-def run_all(runs, rows, places, out=sys.stdout, poll=2.0):
+def run_all(runs, rows, places, out=None, poll=2.0):
     """Run every unfinished row, one per place at a time; a failed run is started again
     once (it resumes), then reported while the others go on.  Returns {row name: the
     last lines of its output} for the rows that failed (empty when all finished)."""
     states = {row.name: "finished (skipped)" if runs.finished(row) else "waiting" for row in rows}
     queue = [row for row in rows if states[row.name] == "waiting"]
     free, running, attempts, failed = list(places), {}, {}, {}
-    screen = Screen(out)
+    screen = Screen(out or sys.stdout)
+    screen.draw(status_table(runs, rows, states), tuple(sorted(states.items())))
     try:
         while queue or running:
             while queue and free:
@@ -325,15 +326,15 @@ def report_table(results):
     return "\n".join(lines)
 
 
-def write_report(runs, rows, compare, out=sys.stdout):
+def write_report(runs, rows, compare, out=None):
     """Print the comparison table and write it to runs/report.md, with a PNG per row."""
     results = compare_rows(runs, rows, compare)
     text = report_table(results)
     os.makedirs(os.path.join(runs.repo, runs.runs_dir), exist_ok=True)
     atomic_write_text(os.path.join(runs.repo, runs.runs_dir, "report.md"), text + "\n")
     pngs = [os.path.join(runs.runs_dir, r["row"], "comparison.png") for r in results if r["png"]]
-    print(text + f"\nwrote {os.path.join(runs.runs_dir, 'report.md')}" + (
-        f" and the curves {', '.join(pngs)}" if pngs else " (no run has a test accuracy yet)"), file=out)
+    wrote = f" and the curves {', '.join(pngs)}" if pngs else " (no run has a test accuracy yet)"
+    print(f"{text}\nwrote {os.path.join(runs.runs_dir, 'report.md')}{wrote}", file=out or sys.stdout)
     return results
 
 
@@ -370,8 +371,9 @@ def build_parser(description):
     return parser
 
 
-def main(rows, compare, repo, argv=None, description=None, out=sys.stdout):
+def main(rows, compare, repo, argv=None, description=None, out=None):
     """reproduce.py's command line; `argv` after a `--` goes to every run's command."""
+    out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = build_parser(description).parse_args(argv[:cut])
