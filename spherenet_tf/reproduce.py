@@ -1,14 +1,11 @@
-"""Reproduce the results table of the original README (wy1iu/SphereNet, the code of "Deep
-Hyperspherical Learning", Liu et al., NIPS 2017): every row's training script run on the
-user's GPUs, resumed after an interruption, and compared with the original's logs of
-those runs (`results/`, `sphere_resnet/results/`).  `reproduce.py` holds the rows as data.
+"""Reproduce the results table of the original README (wy1iu/SphereNet, "Deep Hyperspherical
+Learning", Liu et al., NIPS 2017): every row's script run on the user's GPUs, resumed after
+an interruption, compared with the original's logs (`results/`, `sphere_resnet/results/`).
 
-Each run is its script as a user would start it (`python <script> --model_file
-runs/<row>/ [extra settings]`, from the repository root), so it is the run one started by
-hand would be: it writes its `training.log`, `metrics.jsonl`, `settings.json` and
-checkpoints into its folder and continues from its newest checkpoint when started again
-(`training.resume`).  The scheduler only reads those files; GPUs are found with
-`nvidia-smi -L` (or `CUDA_VISIBLE_DEVICES`, `--devices`), not by TensorFlow.
+Each run is its script as a user starts it (`python <script> --model_file runs/<row>/`, from
+the repository root): it writes its `training.log`, `metrics.jsonl`, `settings.json` and
+checkpoints into its folder and continues from its newest checkpoint when started again.
+The scheduler only reads those files; it finds GPUs with `nvidia-smi -L`, not TensorFlow.
 """
 
 import argparse
@@ -105,19 +102,17 @@ def progress(runs, row):
             speeds = [json.loads(line).get("images_per_sec") for line in f if "images_per_sec" in line]
     except (OSError, ValueError):  # not written yet, or a line being written
         pass
-    tests = [r.acc for r in records if isinstance(r, TestRecord)]
     settings = _read_json(os.path.join(folder, SETTINGS_FILE))
-    return {"iteration": records[-1].iteration if records else None, "test_acc": (tests or [None])[-1],
+    return {"iteration": records[-1].iteration if records else None,
+            "test_acc": next((r.acc for r in reversed(records) if isinstance(r, TestRecord)), None),
             "images_per_sec": next((v for v in reversed(speeds) if v), None),
             "max_epoch": settings.get("max_epoch"), "batch_sz": settings.get("batch_sz")}
 
 
 # ---- Devices and the plan ----------------------------------------------------
-def visible_gpus(env=None):
-    """GPU ids the runs may use: CUDA_VISIBLE_DEVICES when it is set, else those
-    `nvidia-smi -L` lists, else none (CPU).  TensorFlow is not asked: it would start
-    CUDA in this process, which only starts others."""
-    env = os.environ if env is None else env
+def visible_gpus(env=os.environ):
+    """GPU ids the runs may use: CUDA_VISIBLE_DEVICES when set, else those `nvidia-smi -L`
+    lists (not TensorFlow's: it would start CUDA in this process), else none (the CPU)."""
     if "CUDA_VISIBLE_DEVICES" in env:
         ids = [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
         return [] if ids[:1] == ["-1"] else ids
@@ -139,8 +134,8 @@ def slots(devices, per_run_gpus=1):
         raise ReproduceError(
             f"--per_run_gpus {per_run_gpus} but {len(devices)} GPU(s) are visible "
             f"({','.join(devices)}); give at most {len(devices)}, or name more GPUs with --devices")
-    n = len(devices) // per_run_gpus
-    return [",".join(devices[k * per_run_gpus:(k + 1) * per_run_gpus]) for k in range(n)]
+    return [",".join(devices[k:k + per_run_gpus])
+            for k in range(0, len(devices) - per_run_gpus + 1, per_run_gpus)]
 
 
 def plan(rows, places):
@@ -156,10 +151,10 @@ def _place(value):
 def print_plan(runs, rows, places, out):
     states = {row.name: runs.state(row) for row in rows}
     todo = [row for row in rows if states[row.name] != "finished"]
-    where = ("the CPU, one run at a time" if places == [None] else
-             f"{len(places)} place(s), one run each at a time ({'; '.join(map(_place, places))})")
-    print(f"{len(todo)} of {len(rows)} run(s) to do on {where}; in this order (a run starts "
-          "on the next free place; waves as if all runs took equally long):", file=out)
+    where = (f"{len(places)} places ({'; '.join(map(_place, places))}), one run on each"
+             if places != [None] else "the CPU, one run")
+    print(f"{len(todo)} of {len(rows)} run(s) to do on {where} at a time; in this order (waves "
+          "as if all took equally long):", file=out)
     steps = {row.name: (place, wave) for row, place, wave in plan(todo, places)}
     for row in rows:
         place, wave = steps.get(row.name, (None, None))
@@ -226,9 +221,7 @@ def start(runs, row, place, attempt):
     """Start a row's command on `place`; its stdout and stderr go to runs/<row>/run.log."""
     argv = runs.command(row)
     os.makedirs(runs.folder(row), exist_ok=True)
-    env = dict(os.environ)
-    if place is not None:
-        env["CUDA_VISIBLE_DEVICES"] = place
+    env = dict(os.environ, **({} if place is None else {"CUDA_VISIBLE_DEVICES": place}))
     with open(os.path.join(runs.folder(row), OUTPUT_FILE), "a") as log:
         log.write(f"==== reproduce.py, {time.strftime('%Y-%m-%d %H:%M:%S')}, attempt {attempt} of "
                   f"{RETRIES + 1}, {_place(place)}: {' '.join(argv)}\n")
@@ -251,10 +244,10 @@ def run_all(runs, rows, places, out=None, poll=2.0):
             while queue and free:
                 row, place = queue.pop(0), free.pop(0)
                 attempts[row.name] = attempts.get(row.name, 0) + 1
-                was = runs.state(row)
+                screen.say(f"{row.name}: started on {_place(place)} ({runs.state(row)}), "
+                           f"attempt {attempts[row.name]}")
                 running[row.name] = (row, place, start(runs, row, place, attempts[row.name]))
                 states[row.name] = f"running, {_place(place)}"
-                screen.say(f"{row.name}: started on {_place(place)} ({was}), attempt {attempts[row.name]}")
             for name, (row, place, proc) in list(running.items()):
                 code = proc.poll()
                 if code is None:
@@ -274,9 +267,8 @@ def run_all(runs, rows, places, out=None, poll=2.0):
                     states[name] = f"failed (exit {code})"
                     with open(os.path.join(runs.folder(row), OUTPUT_FILE), errors="replace") as f:
                         failed[name] = [line.rstrip("\n") for line in f.readlines()[-15:]]
-                    screen.say(f"{name}: failed again (exit {code}); the others go on. Last lines of "
-                               f"{os.path.join(runs.runs_dir, name, OUTPUT_FILE)}:\n    "
-                               + "\n    ".join(failed[name]))
+                    screen.say(f"{name}: failed again (exit {code}); the others go on (its last "
+                               "lines follow the report)")
             screen.draw(status_table(runs, rows, states), tuple(sorted(states.items())))
             if running:
                 time.sleep(poll)
@@ -294,8 +286,10 @@ def compare_rows(runs, rows, compare):
     for row in rows:
         original = compare.parse_log(os.path.join(runs.repo, row.original_log),
                                      label=f"original: {row.original_log}")
-        log = os.path.join(runs.folder(row), LOG_FILE)
-        port = compare.parse_log(log, label=f"port: {row.name}") if os.path.exists(log) else None
+        try:
+            port = compare.parse_log(os.path.join(runs.folder(row), LOG_FILE), label=f"port: {row.name}")
+        except compare.LogError:  # not started, or no log line yet
+            port = None
         o, p = compare.summarize(original), compare.summarize(port) if port else {"best": None}
         r = {"row": row.name, "orig_best": o["best"][0] * 100, "orig_final": o["last"][0] * 100,
              "best": None, "best_it": None, "final": None, "final_it": None, "png": None}
@@ -380,7 +374,7 @@ def main(rows, compare, repo, argv=None, description=None, out=None):
     runs = Runs(repo=repo, runs_dir=args.runs_dir, extra=tuple(argv[cut + 1:]))
     try:
         chosen = select(rows, args.rows)
-        devices = visible_gpus(None if args.devices is None else {"CUDA_VISIBLE_DEVICES": args.devices})
+        devices = visible_gpus(os.environ if args.devices is None else {"CUDA_VISIBLE_DEVICES": args.devices})
         places = slots(devices, args.per_run_gpus)
     except ReproduceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -392,7 +386,12 @@ def main(rows, compare, repo, argv=None, description=None, out=None):
     if args.dry_run:
         print_plan(runs, chosen, places, out)
         return 0
-    failed = {} if args.report else run_all(runs, chosen, places, out=out, poll=args.poll)
+    try:
+        failed = {} if args.report else run_all(runs, chosen, places, out=out, poll=args.poll)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the same command continues every unfinished run from its checkpoint",
+              file=sys.stderr)
+        return 130
     write_report(runs, chosen, compare, out=out)
     for name, lines in failed.items():
         log = os.path.join(runs.runs_dir, name, OUTPUT_FILE)

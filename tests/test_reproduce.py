@@ -57,11 +57,13 @@ def test_the_rows_are_the_readmes_eight(script, capsys):
     for row in script.ROWS:
         assert runs.command(row) == ["python", readme[row.title][0], "--model_file", f"runs/{row.name}/"]
         assert (REPO / row.script).exists() and (REPO / row.original_log).exists()
+    docs = re.findall(r"^\| `(\w+)` \| `(python .+)` \|$", (REPO / "docs" / "reproducing.md").read_text(), re.M)
+    assert docs == [(row.name, " ".join(runs.command(row))) for row in script.ROWS]
     # --dry_run on this CPU machine: the eight rows, one at a time, with their commands
     assert rp.main(script.ROWS, None, str(REPO), ["--dry_run", "--devices", "", "--runs_dir",
                                                    "never_written"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("8 of 8 run(s) to do on the CPU, one run at a time")
+    assert out[0].startswith("8 of 8 run(s) to do on the CPU, one run at a time;")
     for k, (line, row) in enumerate(zip(out[1:], script.ROWS)):
         assert line.split()[:4] == ["wave", str(k + 1), "CPU", row.name]
         assert line.endswith(f"python {readme[row.title][0]} --model_file never_written/{row.name}/")
