@@ -25,12 +25,11 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .messages import closest, first_line  # noqa: E402
+from .training.checkpoints import FINAL_MODEL  # noqa: E402  (what a run names its final model)
 
 FORMATS = ("savedmodel", "tflite", "onnx")  # (export_formats.FORMATS, without importing TF)
 QUANTIZE = ("dynamic",)
 EXTRA = "pip install 'spherenet-tf[export]'  (in the repository: pip install -e '.[export]')"
-#: The file name of a run's final model in its model_file (training.checkpoints.FINAL_MODEL).
-FINAL_MODEL = "final.keras"
 #: Largest relative error (to the largest logit) the command accepts between the written
 #: file and the Keras model on its check images: the acceptance tolerance against the
 #: original's logits; the formats agree to 1.2e-5 or better (docs/deploying.md).
