@@ -71,7 +71,10 @@ def _frozen_function(model, batch, angles):
 
 def tflite_bytes(model, batch=None, quantize=None):
     """The LiteRT flatbuffer of the model (built-in ops only), as bytes."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(model, batch, "atan2")])
+    # (an empty trackable: the function holds no variables; without one TF warns that
+    # the deprecated conversion path is taken)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [_frozen_function(model, batch, "atan2")], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "dynamic":
         # no representative data set: weights int8, activations float (dynamic range)

@@ -127,7 +127,10 @@ class FoldedSphereConv(keras.layers.Layer):
         ones = tf.ones(self.kernel_size + (1, 1), tf.float32)
         box = tf.nn.conv2d(sumsq, ones, strides=list(self.strides), padding=self.padding,
                            dilations=list(self.dilations))
-        return tf.sqrt(box + NORM_EPS * _NORM_SCALE * _NORM_SCALE) * (1.0 / _NORM_SCALE)
+        # + eps as the box sum's bias: tf2onnx's transpose optimiser fails on an Add of a
+        # scalar (and leaves a transpose around every convolution), a Conv bias it folds
+        eps = tf.constant([NORM_EPS * _NORM_SCALE * _NORM_SCALE], tf.float32)
+        return tf.sqrt(tf.nn.bias_add(box, eps)) * (1.0 / _NORM_SCALE)
 
     def call(self, inputs):
         x = tf.cast(inputs, tf.float32)
