@@ -139,8 +139,7 @@ def slots(devices, per_run_gpus=1):
 
 
 def plan(rows, places):
-    """(row, place, wave) of each row, were all runs equally long: in the table's order,
-    each on the next free place."""
+    """(row, place, wave) of each row in the table's order, were all runs equally long."""
     return [(row, places[k % len(places)], k // len(places) + 1) for k, row in enumerate(rows)]
 
 
@@ -186,15 +185,16 @@ def status_table(runs, rows, states):
 
 class Screen:
     """The status table, redrawn in place on a terminal; elsewhere (a log file) printed
-    again only when a row changes state."""
+    again when a row changes state, and every `every` seconds."""
 
-    def __init__(self, out):
-        self.out, self.tty, self.shown, self.last = out, getattr(out, "isatty", bool)(), 0, None
+    def __init__(self, out, every=600.0):
+        self.out, self.tty, self.every = out, getattr(out, "isatty", bool)(), every
+        self.shown, self.last, self.when = 0, None, 0.0
 
     def draw(self, lines, key):
-        if self.tty or key != self.last:
+        if self.tty or key != self.last or time.time() - self.when > self.every:
             self.say("\n".join(lines))
-            self.shown, self.last = (len(lines) if self.tty else 0), key
+            self.shown, self.last, self.when = (len(lines) if self.tty else 0), key, time.time()
 
     def say(self, text):
         if self.shown:  # back up to the table's first line and erase it
@@ -207,14 +207,16 @@ class Screen:
 def _die_with_parent(parent):
     """In the child (Linux): be killed when the scheduler dies, so that a scheduler killed
     and started again never starts a second run on a folder the first still writes."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    except (OSError, AttributeError, TypeError):  # not Linux
+        return None
+
     def setup():
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the scheduler died before prctl
             os._exit(1)
-    return setup if sys.platform.startswith("linux") else None
+    return setup
 
 
 def start(runs, row, place, attempt):
@@ -261,8 +263,7 @@ def run_all(runs, rows, places, out=None, poll=2.0):
                 elif attempts[name] <= RETRIES:
                     states[name] = "waiting (retry)"
                     queue.insert(0, row)
-                    screen.say(f"{name}: exited with {code}; starting it again (it resumes from its "
-                               "checkpoint)")
+                    screen.say(f"{name}: exited with {code}; starting it again (it resumes)")
                 else:
                     states[name] = f"failed (exit {code})"
                     with open(os.path.join(runs.folder(row), OUTPUT_FILE), errors="replace") as f:
@@ -337,12 +338,11 @@ def select(rows, names):
     """The rows named in a comma-separated list, in the table's order."""
     by_name = {row.name: row for row in rows}
     wanted = [n.strip() for n in names.split(",") if n.strip()] or list(by_name)
-    for name in wanted:
-        if name not in by_name:
-            hint = closest(name, by_name)
-            raise ReproduceError(
-                f"--rows: no row named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-                + f"; the rows are {', '.join(by_name)} (python reproduce.py --list)")
+    for name in [n for n in wanted if n not in by_name]:
+        hint = closest(name, by_name)
+        raise ReproduceError(
+            f"--rows: no row named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; the rows are {', '.join(by_name)} (python reproduce.py --list)")
     return [row for row in rows if row.name in wanted]
 
 
