@@ -175,6 +175,34 @@ def test_the_scripts_settings_are_the_originals(script):
     assert {k: getattr(Settings(), k) for k in ORIGINAL_BLOCK} == ORIGINAL_BLOCK  # Python callers
 
 
+@pytest.mark.parametrize("augmentation", [FLIP_ONLY, CIFAR10_PLUS])
+def test_the_training_streams_augmentation_is_the_originals(augmentation):
+    """REFERENCE.md [Data]: SphereNet-9 and the baseline flip at random and do nothing
+    else; CIFAR-10+ pads 4 pixels each side with SYMMETRIC padding (np.pad's 'symmetric':
+    the edge pixel repeated), crops 32x32 at random and flips at random.  Each image of the
+    training stream is found among the windows of its source (labels name the source)."""
+    from spherenet_tf import cifar10_input
+
+    n, pad = 64, 4 if augmentation == CIFAR10_PLUS else 0
+    images = np.random.RandomState(0).randint(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    offsets, flips, total = set(), 0, 0
+    stream = cifar10_input.train_dataset(images, np.arange(n, dtype=np.int32), n, seed=5,
+                                         augmentation=augmentation)
+    for x, y in stream.take(4):
+        for out, source in zip(x.numpy(), y.numpy()):
+            found = [(r, c, flipped) for flipped in (False, True)
+                     for r in range(2 * pad + 1) for c in range(2 * pad + 1)
+                     if np.array_equal(out, (padded[source, :, ::-1] if flipped else padded[source])
+                                       [r:r + 32, c:c + 32])]
+            assert len(found) == 1, f"image {source}: not one window of its {pad}-pixel padding"
+            offsets.add(found[0][:2])
+            flips += found[0][2]
+            total += 1
+    assert 0.35 < flips / total < 0.65  # a flip with probability 1/2
+    assert {r for r, _ in offsets} == set(range(2 * pad + 1)) == {c for _, c in offsets}
+
+
 # ---------------------------------------------------------------------------------
 # Adam, read off the optimiser a training run builds.
 # ---------------------------------------------------------------------------------
