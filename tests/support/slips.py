@@ -135,7 +135,7 @@ SLIPS = [
          "strides = 2 if (stage > 1 and i == 1) else 1"),
     Slip("resnet_identity_shortcut", "spherenet_tf/models.py", "if x.shape[-1] == filters and strides == 1:",
          "if False:"),
-    Slip("resnet_avg_pool_8", "spherenet_tf/models.py", "AveragePooling2D(8, 1,", "AveragePooling2D(8, 8,"),
+    Slip("resnet_avg_pool_8", "spherenet_tf/models.py", "AveragePooling2D(8, 1,", "AveragePooling2D(4, 1,"),
 ]
 
 #: The modules that guard the original's numbers, in the order they run (fast first).
