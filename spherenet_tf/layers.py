@@ -175,6 +175,10 @@ class SphereConv2D(keras.layers.Conv2D):
             padding = padding.lower()
         if norm != "none" or w_norm != "none":
             kwargs["dtype"] = _no_float16_compute(kwargs.get("dtype"))
+            # The kernel reaches `convolution_op` as the float32 variable, not a bfloat16
+            # copy: the angle between a patch and a filter it matches is lost at 8 bits
+            # (docs/differences.md, "mixed precision").  Inputs are cast there instead.
+            kwargs["autocast"] = False
         if kernel_initializer is None:
             kernel_initializer = original_kernel_initializer()
         super().__init__(
@@ -243,9 +247,24 @@ class SphereConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if not self._is_spherical:
             return super().convolution_op(inputs, kernel)
+        # What autocasting would have done to the inputs (it is off for this layer, so
+        # that `kernel` is the float32 variable): the compute dtype, e.g. bfloat16.
+        inputs = ops.cast(inputs, self.compute_dtype)
         if uses_portable_ops(self.formulation):
-            return self._portable_convolution(inputs, kernel)
+            return ops.cast(self._portable_convolution(ops.cast(inputs, "float32"), kernel),
+                            self.compute_dtype)
         original = self.formulation == "original"
+        if self.w_norm == "none" and not original and self.dilation_rate == (1, 1):
+            # One op, float32 inside, the output in the input's dtype.
+            return sphere_ops.sphere_convolution(inputs, kernel, self.norm, self._effective_k(),
+                                                 self.strides, self.padding)
+        # The other formulations compute in float32 throughout (inputs exactly widened).
+        out = self._spherical_convolution(ops.cast(inputs, "float32"), ops.cast(kernel, "float32"),
+                                          original)
+        return ops.cast(out, self.compute_dtype)
+
+    def _spherical_convolution(self, inputs, kernel, original):
+        """`w_norm`, the original's order of arithmetic, dilation: float32 throughout."""
         if self.w_norm == "none" and not original:
             return self._unit_filter_convolution(inputs, kernel)
         # The convolution and the filter norm use the filter rescaled by a power of two
@@ -258,37 +277,22 @@ class SphereConv2D(keras.layers.Conv2D):
         xnorm = sphere_ops.patch_norm(
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate, original
         )
-        wnorm = sphere_ops.scaled_filter_norm(scaled_kernel, tf.cast(w_scale, tf.float32))
-        k = None
-        if self.norm == "lr_sigmoid":
-            k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
-        out = sphere_ops.sphere_response(
-            tf.cast(conv, tf.float32), xnorm, wnorm, self.norm, self.w_norm, k,
-            w_scale=tf.cast(w_scale, tf.float32), original=original,
-        )
-        return tf.cast(out, conv.dtype)
+        wnorm = sphere_ops.scaled_filter_norm(scaled_kernel, w_scale)
+        return sphere_ops.sphere_response(conv, xnorm, wnorm, self.norm, self.w_norm,
+                                          self._effective_k(), w_scale=w_scale, original=original)
 
     def _unit_filter_convolution(self, inputs, kernel):
-        """The fast path of a `norm` without `w_norm`: g(conv(x, W / |W|) / |x|).
+        """A `norm` without `w_norm` at dilation > 1: g(conv(x, W / |W|) / |x|).
 
         conv(x, W) / |W| = conv(x, W / |W|) because |W| is one number per output channel,
-        so dividing the (small) kernel replaces a division of the (large) output in the
-        forward pass and two passes in the backward pass.  Unit-norm filters also keep
-        x.W finite for any filter magnitude (docs/differences.md).
+        so dividing the (small) kernel replaces a division of the (large) output.  Unit-norm
+        filters also keep x.W finite for any filter magnitude (docs/differences.md).
         """
-        k = None
-        if self.norm == "lr_sigmoid":
-            k = tf.abs(tf.cast(self.k_value, tf.float32)) + sphere_ops.LR_SIGMOID_K_OFFSET
-        if self.dilation_rate == (1, 1):
-            out = sphere_ops.sphere_convolution(inputs, kernel, self.norm, k,
-                                                self.strides, self.padding)
-            return tf.cast(out, self.compute_dtype)
         conv = super().convolution_op(inputs, sphere_ops.unit_filters(kernel))
         xnorm = sphere_ops.patch_norm(
             inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
         )
-        out = sphere_ops.unit_filter_response(tf.cast(conv, tf.float32), xnorm, self.norm, k)
-        return tf.cast(out, conv.dtype)
+        return sphere_ops.unit_filter_response(conv, xnorm, self.norm, self._effective_k())
 
     def _effective_k(self):
         """|k| + 0.05 of `lr_sigmoid` (float32), else None."""

@@ -129,7 +129,10 @@ class SphereNorm2D(SphereConv2D):
             ))
 
     def convolution_op(self, inputs, kernel):
-        # The plain convolution of keras.layers.Conv2D, not SphereConv2D's.
+        # The plain convolution of keras.layers.Conv2D, not SphereConv2D's, in the compute
+        # dtype (SphereConv2D turns autocasting off and casts in its own convolution_op).
+        inputs = ops.cast(inputs, self.compute_dtype)
+        kernel = ops.cast(kernel, self.compute_dtype)
         conv = keras.layers.Conv2D.convolution_op(self, inputs, kernel)
         xnorm = self.patch_norm(inputs)
         wnorm = self.filter_norm(kernel)

@@ -51,11 +51,9 @@ _FLT_MIN = float(np.finfo(np.float32).tiny)
 # Pixel norms below this are squared and box-summed directly (k*k * 2**100 stays below
 # float32's 2**128 for any kernel); above it, the patch norm takes the scaled form.
 _DIRECT_NORM_MAX = 2.0**50
-# sin(theta) bound of the hand-written gradients: 1 / max(sin theta, this) is the bounded
-# |d acos / dc| = 1 / sqrt(max(1 - c^2, 2**-23)) of `safe_acos`, with sin theta >= 0.
-_SIN_MIN = float(np.sqrt(np.float32(_ACOS_GRAD_MIN)))
-# The largest float32 below 1: the sigmoids' t = g / C(k) is kept within +-this.
-_T_MAX = float(np.nextafter(np.float32(1), np.float32(0)))
+# Largest power of two `_patch_norm_input_grad` divides by: dL/dxnorm * 2**80 stays finite
+# for patch norms down to the 1e-2 floor of the 1e-4 epsilon (|d| <= ~1e4 per filter).
+_RADIAL_MAX_EXPONENT = 80.0
 
 
 def sigmoid_constant(k):
@@ -94,6 +92,26 @@ def safe_acos(c):
             c_ = tf.identity(c)
         one_minus_c2 = tf.maximum(1.0 - tf.square(c_), _ACOS_GRAD_MIN)
         g = -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
+        return tf.where(tf.abs(c_) > 1.0, tf.zeros_like(g), g)
+
+    return y, grad
+
+
+@tf.custom_gradient
+def safe_asin(c):
+    """asin with the bounded gradient of `safe_acos` (opposite sign): asin(clip(c, -1, 1))
+    forward, 1/sqrt(max(1 - c^2, 2**-23)) inside [-1, 1] and 0 outside backward.
+
+    pi/2 - theta = asin(cos theta) is what the port's angular functions are computed
+    from: unlike acos, it keeps every bit of a cosine near 0 (a filter nearly
+    orthogonal to its patch, or a tiny one), where pi/2 - acos(c) cancels to 1e-7.
+    """
+    y = tf.asin(tf.clip_by_value(c, -1.0, 1.0))
+
+    def grad(dy):
+        with tf.control_dependencies([dy]):
+            c_ = tf.identity(c)
+        g = dy * tf.math.reciprocal(tf.sqrt(tf.maximum(1.0 - tf.square(c_), _ACOS_GRAD_MIN)))
         return tf.where(tf.abs(c_) > 1.0, tf.zeros_like(g), g)
 
     return y, grad
@@ -170,11 +188,31 @@ def _compiled_by_xla():
 
 
 def _patch_norm_input_grad(x, xnorm, grad_xnorm, ones, strides, padding, dilations=(1, 1)):
-    """dL/dx of xnorm = sqrt(box_sum(sum_c x^2) + eps): x * box_sum^T(dL/dxnorm / xnorm)."""
+    """dL/dx of xnorm = sqrt(box_sum(sum_c x^2) + eps): x * box_sum^T(dL/dxnorm / xnorm).
+
+    dL/dxnorm / xnorm falls like 1 / |x|^2, below float32's smallest number for patches
+    above ~1e19 (the radial part of dx then came out exactly 0).  So it is formed as
+    (dL/dxnorm * S) / xnorm and multiplied by x / S, with S a power of two near the
+    batch's largest patch norm (exact scalings; 1 below 1).  The terms that underflow
+    instead are those of patches some 2**60 smaller than the largest, far below the
+    largest gradient's rounding.
+    """
+    # Everything here waits for the incoming gradient: x / s, computed as soon as the
+    # forward pass allows, would keep an input-sized tensor per layer until the backward
+    # pass reached it.
+    with tf.control_dependencies([grad_xnorm]):
+        largest = tf.reduce_max(xnorm)
+    exponent = tf.clip_by_value(tf.math.floor(tf.math.log(largest) / math.log(2.0)), 0.0,
+                                _RADIAL_MAX_EXPONENT)
+    s = tf.bitcast((tf.cast(exponent, tf.int32) + 127) * (2**23), tf.float32)  # exactly 2**e
     pixels = tf.concat([tf.shape(x)[:-1], [1]], axis=0)
-    spread = tf.nn.conv2d_transpose(grad_xnorm / xnorm, ones, pixels, strides=list(strides),
+    spread = tf.nn.conv2d_transpose(grad_xnorm * s / xnorm, ones, pixels, strides=list(strides),
                                     padding=padding, dilations=list(dilations))
-    return x * spread
+    # x / s first, as a division: grappler reorders a chain of multiplications to do the
+    # small ones first, which would make spread / s, the very product that underflows.
+    with tf.control_dependencies([spread]):
+        x_scaled = tf.math.divide(x, s)
+    return x_scaled * spread
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,23 +318,36 @@ def _unit_filters(kernel):
     return unit, grad
 
 
-def angular_function(cos, norm, k=None):
+def angular_function(cos, norm, k=None, original=False):
     """g(theta) of the paper for cos = cos(theta); `norm` names g as in the original.
 
     - 'cosine':  cos(theta)
     - 'linear':  1 - 0.63662 * theta   (0.63662 ~ 2/pi, the original's literal)
     - 'sigmoid': C(k) (1 - e^{theta/k - pi/2k}) / (1 + e^{theta/k - pi/2k}), k = 0.3
     - 'lr_sigmoid': the same with the per-filter k given (already |k| + 0.05).
+
+    With `original=True` in the original's order (acos, then exp; autodiff through
+    `safe_acos`); otherwise from asin(cos) = pi/2 - theta (`safe_asin`), the same values
+    to float32 rounding.
     """
+    if norm not in NORMS[1:]:
+        raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
     if norm == "cosine":
         return cos
+    if not original:
+        # From phi = asin(c) = pi/2 - theta, exact where c is near 0 (tiny filters), where
+        # pi/2 - acos(c) and 1 - 0.63662 acos(c) keep c only to 1e-7: with a `w_norm` the
+        # score |x| g is differentiated through g's value, not only its slope.
+        phi = safe_asin(cos)
+        if norm == "linear":
+            return LINEAR_AT_RIGHT_ANGLE + LINEAR_SLOPE * phi
+        kk = SIGMOID_K if norm == "sigmoid" else k
+        return sigmoid_constant(kk) * tf.tanh(phi * (0.5 / kk))
     theta = safe_acos(cos)
     if norm == "linear":
         return -LINEAR_SLOPE * theta + 1.0
     if norm == "sigmoid":
         k = SIGMOID_K
-    elif norm != "lr_sigmoid":
-        raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
     return sigmoid_function(theta, k)[0]
 
 
@@ -309,116 +360,99 @@ def sigmoid_function(theta, k):
     return c * (1.0 - e) / (1.0 + e), e
 
 
-def _response_forward(conv_unit, xnorm, norm, k):
-    """g(cos) with cos = conv_unit / xnorm, for one angular function (float32)."""
-    cos = conv_unit / xnorm
+#: g at theta = pi/2 of the linear SphereConv, 1 - 0.63662 pi/2 = -3.6e-7 (float64).
+LINEAR_AT_RIGHT_ANGLE = 1.0 - LINEAR_SLOPE * math.pi / 2
+
+
+def _response_forward(cos, norm, k):
+    """g(cos theta) for one angular function (float32), the fast path's forward pass.
+
+    - linear: -0.63662 acos(c) + 1, the original's expression, whose rounding the golden
+      fixtures hold (a SphereResNet-32's BN statistics moved by 1e-5 when it was
+      computed from asin);
+    - sigmoids: C (1 - e) / (1 + e) with e = exp((theta - pi/2) / k) is
+      C tanh((pi/2 - theta) / 2k), and pi/2 - acos(c) = asin(c): two transcendental
+      passes where the original's expression takes acos, exp and a division.
+    The gradients do not depend on how the value is rounded: `_response_backward`
+    takes them from the cosine.
+    """
     if norm == "cosine":
         return cos
+    cos = tf.clip_by_value(cos, -1.0, 1.0)
     if norm == "linear":
-        return -LINEAR_SLOPE * tf.acos(tf.clip_by_value(cos, -1.0, 1.0)) + 1.0
-    # C (1 - e) / (1 + e) with e = exp((theta - pi/2) / k) is C tanh((pi/2 - theta) / 2k),
-    # and pi/2 - acos(c) = asin(c): two transcendental passes where the original's
-    # expression takes acos, exp and a division.
+        return -LINEAR_SLOPE * tf.acos(cos) + 1.0
     kk = SIGMOID_K if norm == "sigmoid" else k
-    return sigmoid_constant(kk) * tf.tanh(tf.asin(tf.clip_by_value(cos, -1.0, 1.0)) * (0.5 / kk))
+    return sigmoid_constant(kk) * tf.tanh(tf.asin(cos) * (0.5 / kk))
 
 
-def _response_backward(dy, y, xnorm, norm, k):
-    """(dL/dconv_unit, dL/dxnorm, dL/dk) of y = g(conv_unit / xnorm), from y alone.
+def _response_backward(dy, cos, xnorm, norm, k):
+    """(dL/dconv_unit, dL/dxnorm, dL/dk) of y = g(cos), cos = conv_unit / xnorm, from the
+    float32 cosine itself.
 
-    Nothing but the output y (which the next layer keeps anyway) and the one-channel
-    patch norm is kept for the backward pass; the angle comes back from y:
-    - cosine:  cos = y.
-    - linear:  theta = (1 - y) / 0.63662.
-    - sigmoid, lr_sigmoid:  with t = y / C(k) = (1 - e) / (1 + e), e = exp((theta - pi/2) / k),
-      phi = pi/2 - theta = 2 k atanh(t), so cos theta = sin(phi), sin theta = cos(phi), and
-      dg/dtheta = -C (1 - t^2) / (2k), dg/dk = C'(k) t - C phi (1 - t^2) / (2 k^2).
-    dg/dc = -dg/dtheta / sin(theta), with sin(theta) bounded below as in `safe_acos`.
-    Each is the exact derivative; the rounding differs from autodiff of the forward
-    expressions in the last bits (docs/differences.md, "order of the arithmetic").
+    - cosine:  dg/dc = 1.
+    - linear:  dg/dc = 0.63662 / sin(theta).
+    - sigmoid, lr_sigmoid:  with phi = asin(c) = pi/2 - theta and u = phi / 2k,
+      g = C(k) tanh(u), dg/dc = C sech^2(u) / (2k sin theta),
+      dg/dk = C'(k) tanh(u) - C phi sech^2(u) / (2k^2).
+    sin(theta) = sqrt(max(1 - c^2, 2**-23)), bounded below as in `safe_acos`.  Every factor
+    is taken from c, never from the output g: the output is flat in theta where a filter
+    matches its patch (|c| near 1) and, for 'linear', holds c only to 1e-7 absolute, so
+    an angle read back from it (as this port once did) was wrong by up to 100x there
+    under bfloat16, and by 1e10 in float32 for tiny filters (docs/differences.md).
     """
     dk = None
     if norm == "cosine":
-        d, cos, scale = dy, y, 1.0
+        d, scale = dy, 1.0
     else:
-        # Everything below that depends on the output alone waits for dy: otherwise the
-        # executor is free to compute it right after the forward pass, and every layer's
-        # copy would then stay alive until the backward pass reaches that layer.
+        # Everything below waits for dy: otherwise the executor is free to compute it
+        # right after the forward pass and keep it until the backward pass gets here.
         with tf.control_dependencies([dy]):
-            y = tf.identity(y)
+            cos = tf.identity(cos)
+        sin = tf.sqrt(tf.maximum(1.0 - tf.square(cos), _ACOS_GRAD_MIN))
         if norm == "linear":
-            theta = (1.0 - y) * (1.0 / LINEAR_SLOPE)
-            cos = tf.cos(theta)
-            d = dy / tf.maximum(tf.sin(theta), _SIN_MIN)
-            scale = LINEAR_SLOPE  # applied to the small [B, Ho, Wo, 1] tensors below
+            d, scale = dy / sin, LINEAR_SLOPE  # the scale goes on the small 1 / |x| below
         else:
             kk = SIGMOID_K if norm == "sigmoid" else k
             c = sigmoid_constant(kk)
-            # |t| < 1 always, but for small k (C(k) rounds to 1) the output saturates
-            # at +-1, where the angle cannot come back and the derivative is 0 to float32
-            # precision: t is kept below 1 so that atanh stays finite (1 - t^2 ~ 1.2e-7).
-            t = tf.clip_by_value(y * (1.0 / c), -_T_MAX, _T_MAX)
-            d, cos, dk = _sigmoid_backward(dy, t, kk, c, learnable=norm == "lr_sigmoid")
-            scale = 1.0 if norm == "lr_sigmoid" else c / (2.0 * kk)
+            phi = tf.asin(tf.clip_by_value(cos, -1.0, 1.0))
+            scale = c / (2.0 * kk)
+            if norm == "lr_sigmoid":
+                u = phi * (0.5 / kk)
+                w = dy * tf.math.reciprocal(tf.square(tf.cosh(u)))  # dy sech^2: no cancellation
+                a = tf.exp(-np.pi / (2 * kk))
+                dc_dk = a * np.pi / (tf.square(kk) * tf.square(1.0 - a))
+                dk = (dc_dk * tf.reduce_sum(dy * tf.tanh(u), axis=[0, 1, 2])
+                      - c / (2.0 * tf.square(kk)) * tf.reduce_sum(phi * w, axis=[0, 1, 2]))
+                d = w * scale / sin  # one scale per filter: not foldable into 1 / |x|
+                scale = 1.0
+            else:
+                # one chain of elementwise passes, each taking its input's buffer
+                d = dy / (sin * tf.square(tf.cosh(phi * (0.5 / kk))))
     inv_xnorm = scale / xnorm
     grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
-    # After the reduction, so that the product can take d's buffer (its last use): one
-    # output-sized temporary less at the peak of the backward pass.
+    # After the reduction, so that the product can take d's buffer (its last use).
     with tf.control_dependencies([grad_xnorm]):
         grad_conv = d * inv_xnorm
     return grad_conv, grad_xnorm, dk
-
-
-def _sigmoid_backward(dy, t, k, c, learnable):
-    """(d, cos theta, dL/dk) of the sigmoid SphereConvs from t = g / C(k): see
-    `_response_backward`.  d = dy (1 - t^2) / max(sin theta, bound), times C / 2k when
-    `learnable` (k per filter); otherwise the caller applies C / 2k to 1 / |x|.
-
-    The control dependencies order the passes so that each output-sized tensor is
-    overwritten in place by the next pass once its last reader has run (TF reuses an
-    input's buffer only when nothing else still needs it): four such tensors are alive at
-    once, besides dy and the output, instead of seven.
-    """
-    dk_t = None
-    at = tf.atanh(t)
-    after_t = [at]
-    if learnable:
-        dk_t = tf.reduce_sum(dy * t, axis=[0, 1, 2])
-        after_t.append(dk_t)
-    with tf.control_dependencies(after_t):
-        w = dy * (1.0 - tf.square(t))  # t's last use: the square takes its buffer
-    phi = (2.0 * k) * at  # pi/2 - theta
-    dk = None
-    if learnable:
-        a = tf.exp(-np.pi / (2 * k))
-        dc_dk = a * np.pi / (tf.square(k) * tf.square(1.0 - a))
-        dk = dc_dk * dk_t - c / (2.0 * tf.square(k)) * tf.reduce_sum(phi * w, axis=[0, 1, 2])
-    cos = tf.sin(phi)
-    with tf.control_dependencies([cos] + ([dk] if learnable else [])):
-        sin = tf.maximum(tf.cos(phi), _SIN_MIN)  # phi's last use
-    d = w / sin
-    if learnable:
-        d = d * (c / (2.0 * k))  # one scale per filter: not foldable into 1 / |x|
-    return d, cos, dk
 
 
 @functools.lru_cache(maxsize=None)
 def _unit_filter_response_fn(norm):
     @tf.custom_gradient
     def response(conv_unit, xnorm, k):
-        y = _response_forward(conv_unit, xnorm, norm, k)
+        cos = conv_unit / xnorm
 
         def grad(dy):
-            return _response_backward(dy, y, xnorm, norm, k)
+            return _response_backward(dy, cos, xnorm, norm, k)
 
-        return y, grad
+        return _response_forward(cos, norm, k), grad
 
     return response
 
 
 def unit_filter_response(conv_unit, xnorm, norm, k=None):
-    """g(cos theta) from the convolution with unit-norm filters: cos = conv(x, W / |W|) / |x|,
-    with the hand-written gradient of `_response_backward` (it keeps only the output).
+    """g(cos theta) from the convolution with unit-norm filters: cos = conv(x, W / |W|) / |x|
+    (float32), with the hand-written gradient of `_response_backward` (it keeps the cosine).
     `norm` is one of NORMS other than 'none'; k [F] is the effective k of `lr_sigmoid`."""
     if norm != "lr_sigmoid":
         k = tf.zeros([], tf.float32)
@@ -437,15 +471,20 @@ def sphere_convolution(x, kernel, norm, k=None, strides=(1, 1), padding="same"):
     """The whole fast SphereConv, g(conv(x, W / |W|) / |x|), as one hand-differentiated op.
 
     The filter normalisation, the convolution, the patch norm and the angular function
-    are computed inside one `tf.custom_gradient`, whose backward pass calls the
-    convolution's two backprop kernels itself.  What it keeps for the backward pass is
-    its output, the one-channel patch norm and the filter norms (one number per
-    filter); the input and the kernel are kept by the layers around it anyway.  The
-    unit filters are computed again in the backward pass (a kernel-sized division, the
-    same bits) rather than kept, and nothing is computed before the output gradient
-    arrives.  Inputs: x [B, H, W, C_in], kernel [k, k, C_in, F], k [F] for
-    `lr_sigmoid`; the output has x's dtype (the norms and angles are float32 inside).
-    Dilation 1, one group (SphereConv2D falls back otherwise).
+    are computed inside one `tf.custom_gradient`, in float32 whatever x's dtype (the
+    angle of a patch close to its filter is lost in a bfloat16 convolution), and whose
+    backward pass calls the convolution's two backprop kernels itself.  What it keeps
+    for the backward pass is the one-channel patch norm, the filter norms (one number
+    per filter) and, for a float32 'cosine' layer, its output (which is the cosine); the
+    input and the kernel are kept by the layers around it anyway.  The other layers
+    compute the cosine again in the backward pass (one more convolution, in float32)
+    rather than keep a float32 copy of it: every derivative is taken from the cosine,
+    never read back from the output (`_response_backward`).  The unit filters are
+    computed again too (a kernel-sized division, the same bits), and nothing is
+    computed before the output gradient arrives.  Inputs: x [B, H, W, C_in] (float32 or
+    bfloat16), kernel [k, k, C_in, F] (float32: the variable, not a bfloat16 copy),
+    k [F] for `lr_sigmoid`; the output has x's dtype.  Dilation 1, one group
+    (SphereConv2D falls back otherwise).
     """
     kernel = tf.convert_to_tensor(kernel)
     kernel_size = tuple(int(d) for d in kernel.shape[:2])
@@ -459,32 +498,35 @@ def sphere_convolution(x, kernel, norm, k=None, strides=(1, 1), padding="same"):
 def _sphere_convolution_fn(norm, kernel_size, strides, padding):
     conv_strides = [1, strides[0], strides[1], 1]
 
+    def cosine(x32, unit, xnorm):
+        return tf.nn.conv2d(x32, unit, conv_strides, padding) / xnorm
+
     @tf.custom_gradient
     def sphere_conv(x, kernel, k):
-        wnorm = filter_norm(kernel)
-        conv = tf.nn.conv2d(x, _divide_by_norms(kernel, wnorm), conv_strides, padding)
-        xnorm, ones = _patch_norm_forward(tf.cast(x, tf.float32), kernel_size, strides, padding)
-        # The output in the input's dtype is what is kept (and returned): under bfloat16 a
-        # float32 copy of the output, and of the input, would double what the layer keeps.
-        y = tf.cast(_response_forward(tf.cast(conv, tf.float32), xnorm, norm, k), x.dtype)
+        kernel32 = tf.cast(kernel, tf.float32)
+        wnorm = filter_norm(kernel32)
+        x32 = tf.cast(x, tf.float32)
+        xnorm, ones = _patch_norm_forward(x32, kernel_size, strides, padding)
+        y = tf.cast(_response_forward(cosine(x32, _divide_by_norms(kernel32, wnorm), xnorm), norm, k),
+                    x.dtype)
+        # A float32 cosine layer's output is its cosine, bit for bit: kept, not recomputed.
+        keep_output = norm == "cosine" and x.dtype == tf.float32
 
         def grad(dy):
-            grad_conv, grad_xnorm, dk = _response_backward(
-                tf.cast(dy, tf.float32), tf.cast(y, tf.float32), xnorm, norm, k)
-            grad_conv = tf.cast(grad_conv, conv.dtype)
-            with tf.control_dependencies([grad_conv]):
-                unit = _divide_by_norms(kernel, wnorm)
+            with tf.control_dependencies([dy]):
+                unit = _divide_by_norms(tf.cast(kernel, tf.float32), wnorm)
+                x32 = tf.cast(x, tf.float32)
+            cos = y if keep_output else cosine(x32, unit, xnorm)
+            grad_conv, grad_xnorm, dk = _response_backward(tf.cast(dy, tf.float32), cos, xnorm,
+                                                           norm, k)
             gx = tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.shape(x), filter=unit, out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
             gu = tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=tf.shape(kernel), out_backprop=grad_conv,
+                input=x32, filter_sizes=tf.shape(kernel), out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
-            with tf.control_dependencies([grad_xnorm]):
-                x32 = tf.cast(x, tf.float32)
-            gx = gx + tf.cast(_patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding),
-                              gx.dtype)
-            return gx, _unit_filters_grad(gu, unit, wnorm, kernel.dtype), dk
+            gx = gx + _patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding)
+            return tf.cast(gx, x.dtype), _unit_filters_grad(gu, unit, wnorm, kernel.dtype), dk
 
         return y, grad
 
@@ -520,27 +562,36 @@ def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_
     """
     if w_norm == "none" and norm != "none" and not original:
         return unit_filter_response(conv / wnorm, xnorm, norm, k)
-    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale)
+    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale, original)
 
 
-def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale=None):
+def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale=None, original=False):
     """`sphere_response` written as plain TF expressions (autodiff gradient)."""
-    if w_norm == "cosine":
-        conv = conv / wnorm
-    elif w_norm in ("linear", "sigmoid"):
-        conv = xnorm * angular_function(conv / xnorm / wnorm, w_norm)
-    elif w_norm != "none":
+    if w_norm not in W_NORMS:
         raise ValueError(f"sphere_response: unknown w_norm {w_norm!r}; allowed: {W_NORMS}")
-
-    if norm == "none":
-        return conv
-    # Divided in the original's order: first by the patch norm, then by the filter norm.
+    if w_norm == "none":
+        if norm == "none":
+            return conv
+        # Divided in the original's order: first by the patch norm, then by the filter norm.
+        return angular_function(conv / xnorm / wnorm, norm, k, original)
     cos = conv / xnorm / wnorm
-    if w_scale is not None and w_norm != "none":
-        # the w_norm output above does not depend on the filter's scale, so dividing it
-        # by the rescaled filter's norm left a factor w_scale too many
-        cos = cos / w_scale
-    return angular_function(cos, norm, k)
+    if w_norm == "cosine":
+        score, angular = conv / wnorm, cos
+    else:
+        angular = angular_function(cos, w_norm, original=original)
+        score = xnorm * angular
+    if norm == "none":
+        return score
+    # A `norm` after a `w_norm` (no example of the original does this) takes the cosine
+    # score / (|x| |W|) = angular / |W|.  The original's order, score / |x| / |W|, is kept
+    # for `original`; otherwise |x| is not multiplied in and divided out again, which left
+    # the rounding of |x| g in gradients that are themselves tiny (filters near 0).
+    true_wnorm = wnorm if w_scale is None else wnorm * w_scale  # the filter's own norm
+    if original:
+        # the score does not depend on the filter's scale, so dividing it by the rescaled
+        # filter's norm left a factor w_scale too many
+        return angular_function(score / xnorm / true_wnorm, norm, k, original)
+    return angular_function(angular / true_wnorm, norm, k)
 
 
 # ---------------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 A plain convolution followed by BN and ReLU keeps two output-sized tensors per layer
 until the backward pass (the BN input and the ReLU output).  A SphereConv on the fast
-path should keep the same: its hand-written gradient recomputes everything it needs
-from its own output (the angle of every `norm`, `sphere_ops._response_backward`), the
-one-channel patch norm and the filter norms, and computes nothing before the output
-gradient arrives.  Measured here per layer: `cosine` 14.2 MiB, `linear` 18.1, `sigmoid`
-18.2, `lr_sigmoid` 14.1, against 16.0 for a plain convolution; keeping the cosine and
-one exponential for the sigmoids cost 32.7, and before the output gradient was waited
-for, `linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5.
+path should keep the same: its hand-written gradient computes the cosine again from the
+input and the filters (one more convolution in the backward pass; a float32 `cosine`
+layer keeps its output, which is the cosine), keeps the one-channel patch norm and the
+filter norms, and computes nothing before the output gradient arrives.  Measured here
+per layer (AMD EPYC, 2 cores): `cosine` 14.2 MiB, `linear` 16.2, `sigmoid` 16.1,
+`lr_sigmoid` 18.1, against 16.0 for a plain convolution.  Keeping the cosine and one
+exponential for the sigmoids cost 32.7; before the output gradient was waited for,
+`linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; and a radial-gradient scaling
+x / 2**e that did not wait for it kept one more input-sized tensor (14 to 26 MiB,
+varying from run to run with the executor's order).
 
 The memory is the BFC allocator's peak during one step above what is held before it,
 measured in a fresh process with one inter-op thread, so the executor's op order is

@@ -28,13 +28,15 @@ def test_the_selfcheck_passes_on_this_machine():
     assert lines[0].startswith("SphereNet port self-check: TensorFlow 2.") and "on CPU:0" in lines[0]
     assert lines[2] == "mixed policy: mixed_bfloat16 (--mixed_precision auto: no GPU, bfloat16 on the CPU)"
     rows = [l for l in lines if l.endswith((" pass", " FAIL"))]
-    assert len(rows) == 12 and all("FAIL" not in r for r in rows), out.stdout
+    assert len(rows) == 13 and all("FAIL" not in r for r in rows), out.stdout
+    gradients = [r for r in rows if r.startswith("SphereConv2D gradients, patches matching a filter")]
+    assert len(gradients) == 1 and "mixed_bfloat16" in gradients[0], rows  # issue 22
     for name in ("conv_layer.npz", "wnorm_score.npz", "model_spherenet9.npz", "model_baseline_cnn.npz",
                  "model_sphere_resnet32.npz", "model_baseline_resnet32.npz"):
         assert sum(name in r for r in rows) == 2, name  # float32 and mixed
     timing = [l for l in lines if l.startswith("training ")]
     assert len(timing) == 4 and "x the time of CNN-9" in timing[0] and "x the time of CNN-9" in timing[2]
-    assert lines[-1].startswith("12 of 12 checks passed")
+    assert lines[-1].startswith("13 of 13 checks passed")
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_a_perturbed_fixture_makes_it_fail(perturbed_fixtures, capsys):
     assert len(failing) == 1, out  # float32 fails; 1e-3 is within bfloat16's 2e-2
     assert "conv_layer.npz" in failing[0] and "float32" in failing[0]
     assert "1.0e-03 (k3_SAME_s2/sigmoid)" in failing[0]
-    assert "11 of 12 checks passed" in out and "FAILED: SphereConv2D, 20 variants" in out
+    assert "12 of 13 checks passed" in out and "FAILED: SphereConv2D, 20 variants" in out
 
 
 def test_missing_fixtures_are_named(tmp_path, capsys):
