@@ -122,3 +122,16 @@ def test_slug_is_githubs():
     assert slug("GPU, mixed precision and XLA") == "gpu-mixed-precision-and-xla"
     assert slug("Figures measured on the 2-core CPU (TF 2.21, batch 32)") == (
         "figures-measured-on-the-2-core-cpu-tf-221-batch-32")
+
+
+def test_ci_runs_every_test():
+    """CI runs the README's command, and that command deselects nothing: resume,
+    multi-worker, XLA and mixed precision (the tests marked slow) are checked on every
+    landing."""
+    ini = (REPO / "pytest.ini").read_text(encoding="utf-8")
+    addopts = re.search(r"^addopts\s*=(.*)$", ini, re.M).group(1).split()
+    assert "-m" not in addopts and not any(a.startswith("-m") or a == "-k" for a in addopts), (
+        f"pytest.ini's addopts deselect tests: {addopts}")
+    commands = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if "pytest" in line and not line.lstrip().startswith("#")]
+    assert commands == ["python -m pytest"], f".ci/run runs {commands}, not the README's command"
