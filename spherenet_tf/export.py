@@ -165,7 +165,9 @@ def export(source, fmt, output, batch=None, quantize=None):
     """Export SOURCE to `output`; returns (path written, size in bytes, check error)."""
     from . import export_formats
 
-    model = load_source(resolve_source(source))
+    from .export_graph import float32_model
+
+    model = float32_model(load_source(resolve_source(source)))
     tmp_dir = temporary_sibling(output, fmt)
     try:
         target = tmp_dir if fmt == "savedmodel" else os.path.join(tmp_dir, "model." + fmt)

@@ -55,13 +55,13 @@ def write_savedmodel(model, path, batch=None):
     tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
 
 
-def _frozen_function(model, batch, angles):
+def _frozen_function(model, batch, target):
     """The eval-mode rewrite as a concrete function with the weights as constants."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
-    folded = inference_model(model, angles=angles)
+    folded = inference_model(model, target)
     fn = tf.function(lambda images: {OUTPUT_NAME: folded(images, training=False)},
                      input_signature=[input_spec(model, batch)])
     # Frozen: LiteRT would otherwise keep BN's variables as READ_VARIABLE ops that
@@ -74,7 +74,7 @@ def tflite_bytes(model, batch=None, quantize=None):
     # (an empty trackable: the function holds no variables; without one TF warns that
     # the deprecated conversion path is taken)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_frozen_function(model, batch, "atan2")], tf.Module())
+        [_frozen_function(model, batch, "litert")], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "dynamic":
         # no representative data set: weights int8, activations float (dynamic range)
@@ -96,7 +96,7 @@ def onnx_bytes(model, batch=None):
     # tf2onnx logs every optimiser pass it skips; only its errors matter here
     tf2onnx.logging.set_level(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    frozen = _frozen_function(model, batch, "tf")
+    frozen = _frozen_function(model, batch, "onnx")
     proto, _ = tf2onnx.convert.from_function(
         tf.function(frozen), input_signature=[input_spec(model, batch)], opset=ONNX_OPSET,
     )

@@ -13,17 +13,26 @@ in NumPy float32, before conversion:
 
 and the layer becomes plain ops on the input:
 
-    |x|   = sqrt(box_sum(sum_c (x 2^-32)^2) + 1e-4 2^-64) / 2^-32   (`portable_ops.patch_norm`)
+    |x|   = sqrt(sum over the patch of (x 2^-32)^2 + 1e-4 2^-64) / 2^-32
     cos   = conv(x, W / |W|) / |x|
     g     = cos | 1 - 0.63662 acos(cos) | C(k) tanh(asin(cos) / 2k)
 
 the formulas of `portable_ops` (the 2^-32 scaling keeps the squares finite for
-activations up to ~7.7e28, as the training graph's scaled branch does).  With
-`angles="atan2"` (LiteRT) acos and asin are written with the built-in ATAN2:
-acos(c) = atan2(sqrt((1 - c)(1 + c)), c), asin(c) = atan2(c, sqrt((1 - c)(1 + c))),
-both exact identities on [-1, 1]; the factored (1 - c)(1 + c) keeps the precision
-near |c| = 1 that 1 - c^2 loses.  Every other layer (Rescaling, BatchNormalization in
-eval mode, ReLU, pooling, Add, Flatten) is the model's own, weights shared.
+activations up to ~7.7e28, as the training graph's scaled branch does).  Two targets:
+
+- 'litert': the patch norm as the port computes it (a channel sum of squares, then a
+  k x k box sum), and acos / asin with the built-in ATAN2 (LiteRT has neither):
+  acos(c) = atan2(sqrt((1 - c)(1 + c)), c), asin(c) = atan2(c, sqrt((1 - c)(1 + c))),
+  exact identities on [-1, 1]; the factored (1 - c)(1 + c) keeps the precision near
+  |c| = 1 that 1 - c^2 loses.
+- 'onnx': Acos and Asin themselves, and the patch norm as the original computed it, one
+  convolution of x^2 with a ones kernel [k, k, C_in, 1] plus eps as its bias (one output
+  channel: ~1/F of the layer's own convolution).  The box sum's one-channel
+  convolution, and a scalar Add, trip tf2onnx 1.17's transpose optimiser: the first
+  into a wrong broadcast, the second into leaving a transpose around every convolution.
+
+Every other layer (Rescaling, BatchNormalization in eval mode, ReLU, pooling, Add,
+Flatten) is the model's own, weights shared.
 """
 
 import math
@@ -41,9 +50,8 @@ from .sphere_ops import (
     SIGMOID_K,
 )
 
-#: How acos and asin are written: 'tf' (the ops themselves: ONNX has Acos and Asin)
-#: or 'atan2' (LiteRT's built-in ATAN2).
-ANGLE_FORMS = ("tf", "atan2")
+#: The converters the rewrite is made for (module docstring).
+TARGETS = ("litert", "onnx")
 
 
 class UnsupportedLayerError(ValueError):
@@ -71,11 +79,11 @@ class FoldedSphereConv(keras.layers.Layer):
     'none'); computes the same function of its input with converter-friendly ops only.
     """
 
-    def __init__(self, source, angles="tf", **kwargs):
+    def __init__(self, source, target, **kwargs):
         super().__init__(name=source.name, dtype="float32", **kwargs)
-        if angles not in ANGLE_FORMS:
-            raise ValueError(f"angles must be one of {ANGLE_FORMS}. Received: angles={angles!r}")
-        self.angles = angles
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}. Received: target={target!r}")
+        self.target = target
         self.norm = source.norm
         self.w_norm = source.w_norm
         self.filters = source.filters
@@ -101,13 +109,13 @@ class FoldedSphereConv(keras.layers.Layer):
 
     def _acos(self, c):
         c = tf.clip_by_value(c, -1.0, 1.0)
-        if self.angles == "tf":
+        if self.target == "onnx":
             return tf.acos(c)
         return tf.atan2(tf.sqrt((1.0 - c) * (1.0 + c)), c)
 
     def _asin(self, c):
         c = tf.clip_by_value(c, -1.0, 1.0)
-        if self.angles == "tf":
+        if self.target == "onnx":
             return tf.asin(c)
         return tf.atan2(c, tf.sqrt((1.0 - c) * (1.0 + c)))
 
@@ -123,13 +131,16 @@ class FoldedSphereConv(keras.layers.Layer):
         return tf.constant(_sigmoid_constant(k)) * tf.tanh(self._asin(cos) * tf.constant(0.5 / k))
 
     def _patch_norm(self, x):
-        sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
-        ones = tf.ones(self.kernel_size + (1, 1), tf.float32)
+        scaled = x * _NORM_SCALE
+        eps = tf.constant([NORM_EPS * _NORM_SCALE * _NORM_SCALE], tf.float32)
+        if self.target == "litert":
+            sumsq = tf.reduce_sum(tf.square(scaled), axis=-1, keepdims=True)
+            ones = tf.ones(self.kernel_size + (1, 1), tf.float32)
+        else:
+            sumsq = tf.square(scaled)
+            ones = tf.ones(self.kernel_size + (int(x.shape[-1]), 1), tf.float32)
         box = tf.nn.conv2d(sumsq, ones, strides=list(self.strides), padding=self.padding,
                            dilations=list(self.dilations))
-        # + eps as the box sum's bias: tf2onnx's transpose optimiser fails on an Add of a
-        # scalar (and leaves a transpose around every convolution), a Conv bias it folds
-        eps = tf.constant([NORM_EPS * _NORM_SCALE * _NORM_SCALE], tf.float32)
         return tf.sqrt(tf.nn.bias_add(box, eps)) * (1.0 / _NORM_SCALE)
 
     def call(self, inputs):
@@ -171,14 +182,31 @@ def check_exportable(model):
             )
 
 
-def inference_model(model, angles="tf"):
+def float32_model(model):
+    """`model` itself when every layer computes in float32; else (a model trained under
+    mixed precision) a float32 copy with the same weights, which mixed precision keeps
+    in float32: what the converters and runtimes take, and what is served."""
+    if all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def inference_model(model, target):
     """A Keras model computing `model(x, training=False)` with every SphereConv2D
     replaced by its `FoldedSphereConv` (the other layers shared, not copied)."""
     check_exportable(model)
 
     def replace(layer):
         if isinstance(layer, SphereConv2D) and (layer.norm != "none" or layer.w_norm != "none"):
-            return FoldedSphereConv(layer, angles=angles)
+            return FoldedSphereConv(layer, target)
         return layer
 
     return keras.models.clone_model(model, clone_function=replace, recursive=True)
