@@ -177,9 +177,18 @@ def export(source, fmt, output, batch=None, quantize=None):
             export_formats.write(model, fmt, target, batch=batch, quantize=quantize)
         except export_formats.UnsupportedLayerError as error:
             raise ExportError(str(error)) from None
+        except Exception as error:  # a converter's own failure: its first line, no traceback
+            raise ExportError(f"the {fmt} converter failed ({type(error).__name__}: "
+                              f"{first_line(error)}); nothing was written.") from None
         images = check_images(model, n=batch or CHECK_IMAGES)
         expected = model(images, training=False).numpy()
-        error = relative_error(export_formats.load(fmt, target)(images), expected)
+        try:
+            logits = export_formats.load(fmt, target)(images)
+        except Exception as error:
+            raise ExportError(f"the exported {fmt} model does not run in its runtime "
+                              f"({type(error).__name__}: {first_line(error)}); nothing was "
+                              "written. Please report this with the model.") from None
+        error = relative_error(logits, expected)
         if quantize is None and not error <= CHECK_TOLERANCE:
             raise ExportError(
                 f"the exported {fmt} model's logits differ from the Keras model's by {error:.3g} "

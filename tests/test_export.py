@@ -342,6 +342,24 @@ def test_a_failed_export_leaves_the_previous_file(tmp_path, capsys):
     assert leftovers(tmp_path) == ["net.keras", "net.tflite"]
 
 
+@pytest.mark.parametrize("stage", ["converter", "runtime"])
+def test_a_converter_or_runtime_failure_is_one_line(small_keras, tmp_path, capsys, monkeypatch,
+                                                     stage):
+    """Whatever a converter or runtime raises (here made to fail) is reported in one line,
+    and the file already at OUTPUT stays."""
+    _, source = small_keras
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated failure\nwith a long second line")
+
+    monkeypatch.setattr(ef, "write" if stage == "converter" else "load", fail)
+    out = tmp_path / "net.onnx"
+    out.write_bytes(b"previous")
+    refused([source, "--format", "onnx", "--output", str(out)], capsys,
+            "RuntimeError: simulated failure", "nothing was written")
+    assert out.read_bytes() == b"previous" and leftovers(tmp_path) == ["net.onnx"]
+
+
 def test_missing_runtime_names_the_extra(small_keras, tmp_path, capsys, monkeypatch):
     _, source = small_keras
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # importlib finds no tf2onnx
