@@ -4,8 +4,10 @@ They ship in the repository's `tests/golden/` (its README says how they were mad
 in an installed package, as `spherenet_tf/golden/` (pyproject.toml maps that folder into
 the package), so that both the test suite and `python -m spherenet_tf.selfcheck` can
 compare the port with the original on any machine.  This module knows where they are,
-how the fixtures' weights are generated (their README, rule 2.1) and the error measure
-the fixtures are compared with.
+what they hold (the table of golden checks below, shared by the self-check and
+tests/test_golden_layers.py, tests/test_golden_models.py, tests/backends/), how the
+fixtures' weights are generated (their README, rule 2.1) and the error measure the
+fixtures are compared with.
 """
 
 import json
@@ -21,6 +23,28 @@ REPO_GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 PACKAGE_GOLDEN = Path(__file__).resolve().parent / "golden"
 #: Files every fixture set has.
 REQUIRED = ("facts.json", "conv_layer.npz")
+
+
+#: Forward values against the original, relative to the largest magnitude, in float32
+#: (tests/golden/README.md, section 4).
+FORWARD_TOL = 1e-5
+#: conv_layer.npz's layer configurations: name -> (kernel size, padding, stride); the
+#: names are the fixture's keys (`k3_SAME_s1/filter`, `k3_SAME_s1/cosine/out`, ...).
+LAYER_CONFIGS = {
+    "k3_SAME_s1": (3, "SAME", 1),
+    "k4_VALID_s1": (4, "VALID", 1),
+    "k1_VALID_s1": (1, "VALID", 1),
+    "k3_SAME_s2": (3, "SAME", 2),
+}
+#: The `norm`s conv_layer.npz holds for every configuration.
+LAYER_NORMS = ("none", "linear", "cosine", "sigmoid", "lr_sigmoid")
+#: The `w_norm`s of wnorm_score.npz whose original outputs are finite (linear / sigmoid
+#: are a documented difference: the original returned NaN, docs/differences.md).
+SCORE_W_NORMS = ("none", "cosine")
+#: The input sizes of wnorm_score.npz (`x_small`, `x_large`).
+SCORE_SIZES = ("small", "large")
+#: The networks of model_<name>.npz (`models.ORIGINAL_NETWORKS`' names).
+NETWORKS = ("spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32")
 
 
 class FixtureError(FileNotFoundError):

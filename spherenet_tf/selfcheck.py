@@ -37,15 +37,15 @@ import tensorflow as tf
 
 from . import fixtures
 from .layers import SphereConv2D
-from .models import ORIGINAL_NETWORKS, build_original
-from .tf1_names import tf1_variables
+from .models import build_original
+from .tf1_names import bn_ema_names, tf1_variables
 from .training.distribution import PRECISIONS, choose_precision
 from .training.settings import Settings
 from .training.task import ClassificationTask
 
 #: Forward values against the original, relative to the largest magnitude: the test
 #: suite's float32 tolerance (tests/test_golden_layers.py, tests/test_golden_models.py).
-FLOAT32_TOL = 1e-5
+FLOAT32_TOL = fixtures.FORWARD_TOL
 #: The same under a mixed policy.  Layers: the test suite's tolerances for a SphereConv
 #: under each policy (tests/test_precision_and_xla.py; float16 keeps 11 bits, bfloat16 8).
 #: Networks: the rounding of every layer adds up through 9 (33) layers and BatchNorm;
@@ -54,17 +54,6 @@ MIXED_TOL = {
     "mixed_float16": {"layer": 3e-3, "network": 2e-2},
     "mixed_bfloat16": {"layer": 2e-2, "network": 1e-1},
 }
-#: conv_layer.npz's layer configurations: name -> (kernel size, padding, stride).
-LAYER_CONFIGS = {
-    "k3_SAME_s1": (3, "same", 1),
-    "k4_VALID_s1": (4, "valid", 1),
-    "k1_VALID_s1": (1, "valid", 1),
-    "k3_SAME_s2": (3, "same", 2),
-}
-LAYER_NORMS = ("none", "linear", "cosine", "sigmoid", "lr_sigmoid")
-#: The w_norm values whose original outputs are finite (linear / sigmoid are a documented
-#: difference: the original returned NaN, docs/differences.md).
-SCORE_W_NORMS = ("none", "cosine")
 TITLES = {
     "spherenet9": "SphereNet-9",
     "baseline_cnn": "CNN-9",
@@ -139,8 +128,8 @@ def check_layers(golden, policy, tol):
     x = tf.constant(g["x"])
     results = []
     with _Policy(policy):
-        for config, (ksize, padding, stride) in LAYER_CONFIGS.items():
-            for norm in LAYER_NORMS:
+        for config, (ksize, padding, stride) in fixtures.LAYER_CONFIGS.items():
+            for norm in fixtures.LAYER_NORMS:
                 layer = SphereConv2D(4, ksize, strides=stride, padding=padding, norm=norm)
                 layer.build(x.shape)
                 layer.kernel.assign(g[f"{config}/filter"])
@@ -149,7 +138,7 @@ def check_layers(golden, policy, tol):
                 out = _as_float32(layer(x))
                 results.append((fixtures.rel_err(out, g[f"{config}/{norm}/out"]), f"{config}/{norm}"))
     error, where = _worst(results)
-    n = len(LAYER_CONFIGS) * len(LAYER_NORMS)
+    n = len(fixtures.LAYER_CONFIGS) * len(fixtures.LAYER_NORMS)
     return Row(f"SphereConv2D, {n} variants (conv_layer.npz)", policy, error, tol, where)
 
 
@@ -158,8 +147,8 @@ def check_score_layers(golden, policy, tol):
     g = np.load(golden / "wnorm_score.npz")
     results = []
     with _Policy(policy):
-        for w_norm in SCORE_W_NORMS:
-            for size in ("small", "large"):
+        for w_norm in fixtures.SCORE_W_NORMS:
+            for size in fixtures.SCORE_SIZES:
                 x = tf.constant(g[f"x_{size}"])
                 layer = SphereConv2D(10, 1, padding="valid", norm="none", w_norm=w_norm)
                 layer.build(x.shape)
@@ -222,7 +211,7 @@ def check_gradients(policy, tol):
     x, dy = (_as_float32(tf.cast(tf.constant(t, tf.float32), compute)) for t in (x, dy))
     w = w.astype(np.float32)
     results = []
-    for norm in LAYER_NORMS:
+    for norm in fixtures.LAYER_NORMS:
         if norm == "none":
             continue
         reference = _layer_gradients(norm, "float32", x, w, dy)
@@ -248,8 +237,9 @@ def check_network(golden, name, policy, tol):
         train = _as_float32(model(images, training=True))
         results.append((fixtures.rel_err(train, g["init/train/score"]), "train"))
         for bn in (str(b) for b in g["bn_layer_names"]):
-            variables[f"{bn}/{bn}/moments/Squeeze/ExponentialMovingAverage"].assign(g[f"ema_ref/{bn}/mean"])
-            variables[f"{bn}/{bn}/moments/Squeeze_1/ExponentialMovingAverage"].assign(g[f"ema_ref/{bn}/var"])
+            mean, variance = bn_ema_names(bn)
+            variables[mean].assign(g[f"ema_ref/{bn}/mean"])
+            variables[variance].assign(g[f"ema_ref/{bn}/var"])
         evaluated = _as_float32(model(images, training=False))
         results.append((fixtures.rel_err(evaluated, g["ref_eval/score"]), "eval"))
     error, where = _worst(results)
@@ -291,7 +281,7 @@ def run_checks(golden, mixed_precision="auto", timing=True, batch=128, steps=20)
         rows.append(check_score_layers(golden, policy, layer_tol))
         if policy != "float32":
             rows.append(check_gradients(policy, GRADIENT_TOL))
-        for name in ORIGINAL_NETWORKS:
+        for name in fixtures.NETWORKS:
             rows.append(check_network(golden, name, policy, network_tol))
     if timing:
         for mode, policy in (("off", "float32"), (mixed_precision, mixed_policy)):

@@ -29,6 +29,13 @@ def tf1_scope(layer_name):
     return f"{match.group(1)}/{match.group(2)}" if match else layer_name
 
 
+def bn_ema_names(bn_scope):
+    """(moving mean, moving variance) TF1 names of the BN of scope `bn_scope`
+    (`conv1_0/bn`): the original's ExponentialMovingAverage of its moments."""
+    return (f"{bn_scope}/{bn_scope}/moments/Squeeze/ExponentialMovingAverage",
+            f"{bn_scope}/{bn_scope}/moments/Squeeze_1/ExponentialMovingAverage")
+
+
 def tf1_variables(model):
     """Dict: original TF1 variable name -> Keras variable, for every variable the
     original model has (filters, k values, BN gamma/beta and moving averages).
@@ -57,6 +64,7 @@ def tf1_variables(model):
             bn = f"{tf1_scope(layer.name[: -len('_bn')])}/bn"
             names[f"{bn}/gamma/bias"] = layer.gamma
             names[f"{bn}/beta/bias"] = layer.beta
-            names[f"{bn}/{bn}/moments/Squeeze/ExponentialMovingAverage"] = layer.moving_mean
-            names[f"{bn}/{bn}/moments/Squeeze_1/ExponentialMovingAverage"] = layer.moving_variance
+            mean, variance = bn_ema_names(bn)
+            names[mean] = layer.moving_mean
+            names[variance] = layer.moving_variance
     return names

@@ -13,20 +13,16 @@ import tensorflow as tf
 
 from support.golden_rules import check, load_npz
 from spherenet_tf import SphereConv2D, sphere_ops
+from spherenet_tf.fixtures import FORWARD_TOL, LAYER_CONFIGS, LAYER_NORMS, SCORE_SIZES, SCORE_W_NORMS
 from spherenet_tf.losses import loss2
 from spherenet_tf.regularizers import WEIGHT_DECAY, L2Loss, orthogonality_loss
 
-FWD_TOL = 1e-5
+# The table of golden checks (configurations, norms, the forward tolerance) is shared
+# with `python -m spherenet_tf.selfcheck`: spherenet_tf/fixtures.py.
+FWD_TOL = FORWARD_TOL
 GRAD_TOL = 1e-4
-
-CONFIGS = {
-    # name: (kernel size, padding, stride)
-    "k3_SAME_s1": (3, "SAME", 1),
-    "k4_VALID_s1": (4, "VALID", 1),
-    "k1_VALID_s1": (1, "VALID", 1),
-    "k3_SAME_s2": (3, "SAME", 2),
-}
-NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
+CONFIGS = LAYER_CONFIGS  # name: (kernel size, padding, stride)
+NORMS = list(LAYER_NORMS)
 
 
 def _run_layer(layer, x, kernel, r, k_value=None):
@@ -75,8 +71,8 @@ def test_internal_norms_match_original(config):
         check("conv_layer.npz", f"{config}/{norm}/wnorm", wnorm, g[f"{config}/{norm}/wnorm"], FWD_TOL)
 
 
-@pytest.mark.parametrize("w_norm", ["none", "cosine"])
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("w_norm", SCORE_W_NORMS)
+@pytest.mark.parametrize("size", SCORE_SIZES)
 def test_weight_normalised_score_matches_original(w_norm, size):
     """w_norm 'none' and 'cosine' are finite in the original: values must match."""
     g = load_npz("wnorm_score.npz")

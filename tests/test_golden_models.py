@@ -25,8 +25,9 @@ import pytest
 
 from support.repo import REPO, golden_path
 from support.golden_rules import check, load_npz
+from spherenet_tf.fixtures import FORWARD_TOL, NETWORKS
 
-FWD_TOL = 1e-5
+FWD_TOL = FORWARD_TOL  # shared with the self-check: spherenet_tf/fixtures.py
 # After one or more Adam steps, float32 TF does not reproduce itself when only the
 # thread count or the kernel library changes (tests/golden/README.md, section 4), and
 # the values derived from cancellation-dominated gradients (features, BN betas, Adam
@@ -61,7 +62,7 @@ HUGE_EVAL_TOL = 1e-4
 PORT_ADAM_TOL = {"spherenet9": 5e-3, "baseline_cnn": 5e-4, "sphere_resnet32": 5e-3,
                  "baseline_resnet32": 1e-1}
 
-MODELS = ["spherenet9", "baseline_cnn", "sphere_resnet32", "baseline_resnet32"]
+MODELS = list(NETWORKS)
 FORWARD_PREFIXES = ("init/train/", "warmup/", "ema_after_pass1/", "ema_after_warmup/",
                     "ref_eval/", "ref_eval_W1/", "adam/step0/", "init/eval/")
 

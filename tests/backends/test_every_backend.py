@@ -24,7 +24,7 @@ from support.backend_grad import compiled_call, layer_fn, output, value_and_grad
 from support.backend_models import first_fit_losses, fit_batch, small_spherenet
 from support.golden_rules import check, load_npz, weight_prefix
 from spherenet_tf import GASoftmaxScore, SphereConv2D, SphereNorm2D
-from spherenet_tf.fixtures import assign_rule_weights
+from spherenet_tf.fixtures import LAYER_CONFIGS, LAYER_NORMS, assign_rule_weights
 from spherenet_tf.losses import Loss2, loss2
 from spherenet_tf.models import build_cnn9, build_resnet32, feature_model
 from spherenet_tf.regularizers import WEIGHT_DECAY, L2Loss, orthogonality_loss, regularization_terms
@@ -40,10 +40,8 @@ GRAD_TOL = 1e-4
 #: (AVX2), 2 threads: JAX 1.7e-5, PyTorch 1.6e-5 (SphereResNet-32 ref_eval/score; the
 #: 9-layer models and the TF keras.ops run stay under 7e-6).
 DEEP_FWD_TOL = 5e-5
-NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
+NORMS = list(LAYER_NORMS)
 W_NORMS = ["none", "linear", "cosine", "sigmoid"]
-LAYER_CONFIGS = {"k3_SAME_s1": (3, "SAME", 1), "k4_VALID_s1": (4, "VALID", 1),
-                 "k1_VALID_s1": (1, "VALID", 1), "k3_SAME_s2": (3, "SAME", 2)}
 #: A .keras file's outputs on another backend.  The weights load bit for bit (asserted
 #: exactly); the outputs differ by the two backends' float32 rounding, which the
 #: lr_sigmoid SphereConvs amplify (a sigmoid of slope up to ~1/0.05 after acos):
