@@ -4,7 +4,7 @@ The package is imported as installed (`pip install -e .`), test helpers as `supp
 (tests/conftest.py), a benchmark's or a script's neighbours by name from the script's own
 folder, which Python puts first when it runs the file.  A file that edits the import path
 instead hides a packaging mistake on the developer's machine and breaks elsewhere; one
-crept back once (benchmarks/memory_profile.py), so every tracked .py file is read here.
+crept back once (benchmarks/memory_profile.py), so every .py file git tracks (or would) is read here.
 Plain text checks, plus one load of a script with a neighbour (no TensorFlow model built).
 """
 
@@ -21,10 +21,11 @@ FORBIDDEN = "sys." + "path"
 
 
 def python_files():
-    """The tracked .py files (git), or every .py file outside hidden and build folders when
-    the checkout is not a git repository (an unpacked archive)."""
+    """The .py files git tracks or would (untracked, not ignored), or every .py file outside
+    hidden and build folders when the checkout is not a git repository (an unpacked archive)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--", "*.py"], cwd=REPO,
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+                              "--", "*.py"], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout
         files = [REPO / f for f in out.split("\0") if f]
     except (OSError, subprocess.CalledProcessError):
@@ -66,9 +67,9 @@ def test_the_search_reports_a_forbidden_line(tmp_path):
 def test_load_module_finds_a_scripts_neighbour_and_leaves_the_import_machinery_as_it_was():
     """`load_module` imports a script whose neighbour is imported by name (the ResNet
     baseline's `from baseline_resnet import ...`) without editing the import path."""
-    path_before, finders_before = list(sys.path), list(sys.meta_path)
+    path_before, finders_before = list(getattr(sys, "path")), list(sys.meta_path)
     module = load_module("sphere_resnet/baseline/train_baseline.py")
-    assert list(sys.path) == path_before
+    assert list(getattr(sys, "path")) == path_before
     assert list(sys.meta_path) == finders_before
     neighbour = sys.modules["baseline_resnet"]
     assert Path(neighbour.__file__).resolve() == REPO / "sphere_resnet" / "baseline" / "baseline_resnet.py"
