@@ -4,7 +4,8 @@ The package is imported as installed (`pip install -e .`), test helpers as `supp
 (tests/conftest.py), a benchmark's or a script's neighbours by name from the script's own
 folder, which Python puts first when it runs the file.  A file that edits the import path
 instead hides a packaging mistake on the developer's machine and breaks elsewhere; one
-crept back once (benchmarks/memory_profile.py), so every .py file git tracks (or would) is read here.
+crept back once (benchmarks/memory_profile.py), so every .py file git tracks (or would
+track) is read here.
 Plain text checks, plus one load of a script with a neighbour (no TensorFlow model built).
 """
 
