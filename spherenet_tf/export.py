@@ -24,10 +24,17 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+# (the package's __init__, run before this module, registers the port's layers for loading)
+from . import export_formats  # noqa: E402
+from .export_formats import FORMATS, NEEDS  # noqa: E402
+from .export_graph import float32_model  # noqa: E402
+from .fixtures import rel_err  # noqa: E402
 from .messages import closest, first_line  # noqa: E402
 from .training.checkpoints import FINAL_MODEL  # noqa: E402  (what a run names its final model)
 
-FORMATS = ("savedmodel", "tflite", "onnx")  # (export_formats.FORMATS, without importing TF)
 QUANTIZE = ("dynamic",)
 EXTRA = "pip install 'spherenet-tf[export]'  (in the repository: pip install -e '.[export]')"
 #: Largest relative error (to the largest logit) the command accepts between the written
@@ -79,9 +86,7 @@ def check_options(args):
 
 def missing_modules(fmt):
     """The Python modules format `fmt` needs that are not installed."""
-    needs = {"savedmodel": (), "tflite": ("ai_edge_litert",),
-             "onnx": ("tf2onnx", "onnx", "onnxruntime")}[fmt]
-    return [name for name in needs if importlib.util.find_spec(name) is None]
+    return [name for name in NEEDS[fmt] if importlib.util.find_spec(name) is None]
 
 
 def resolve_source(source):
@@ -105,10 +110,6 @@ def resolve_source(source):
 
 
 def load_source(path):
-    import keras
-
-    import spherenet_tf  # noqa: F401  (registers the port's layers for loading)
-
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # zip, JSON, unknown layer, missing weights: all one line
@@ -148,25 +149,12 @@ def put_in_place(tmp_path, output):
 
 def check_images(model, n=CHECK_IMAGES, seed=0):
     """Generated float32 images 0..255 of the model's input shape."""
-    import numpy as np
-
     shape = (n,) + tuple(model.inputs[0].shape[1:])
     return np.random.RandomState(seed).uniform(0.0, 255.0, shape).astype(np.float32)
 
 
-def relative_error(actual, expected):
-    """max |actual - expected| / max |expected| (the golden fixtures' measure)."""
-    from .fixtures import rel_err
-
-    return rel_err(actual, expected)
-
-
 def export(source, fmt, output, batch=None, quantize=None):
     """Export SOURCE to `output`; returns (path written, size in bytes, check error)."""
-    from . import export_formats
-
-    from .export_graph import float32_model
-
     model = float32_model(load_source(resolve_source(source)))
     tmp_dir = temporary_sibling(output, fmt)
     try:
@@ -188,7 +176,7 @@ def export(source, fmt, output, batch=None, quantize=None):
             raise ExportError(f"the exported {fmt} model does not run in its runtime "
                               f"({type(error).__name__}: {first_line(error)}); nothing was "
                               "written. Please report this with the model.") from None
-        error = relative_error(logits, expected)
+        error = rel_err(logits, expected)  # the golden fixtures' measure
         if quantize is None and not error <= CHECK_TOLERANCE:
             raise ExportError(
                 f"the exported {fmt} model's logits differ from the Keras model's by {error:.3g} "

@@ -42,13 +42,16 @@ import numpy as np
 import tensorflow as tf
 
 from .layers import SphereConv2D, all_layers
-from .sphere_ops import (
-    _NORM_SCALE,
-    LINEAR_SLOPE,
-    LR_SIGMOID_K_OFFSET,
-    NORM_EPS,
-    SIGMOID_K,
-)
+
+try:  # the original's constants, named once (formulas.py; sphere_ops before it existed)
+    from .formulas import LINEAR_SLOPE, LR_SIGMOID_K_OFFSET, NORM_EPS, SIGMOID_K
+except ImportError:  # pragma: no cover - a checkout from before formulas.py
+    from .sphere_ops import LINEAR_SLOPE, LR_SIGMOID_K_OFFSET, NORM_EPS, SIGMOID_K
+
+#: The power of two the patch norm's inputs are scaled by before squaring (as in the
+#: training graph's scaled patch norm): squares stay finite up to |x| ~ 7.7e28, and
+#: scaling by a power of two changes no rounding.
+NORM_SCALE = 2.0**-32
 
 #: The converters the rewrite is made for (module docstring).
 TARGETS = ("litert", "onnx")
@@ -131,8 +134,8 @@ class FoldedSphereConv(keras.layers.Layer):
         return tf.constant(_sigmoid_constant(k)) * tf.tanh(self._asin(cos) * tf.constant(0.5 / k))
 
     def _patch_norm(self, x):
-        scaled = x * _NORM_SCALE
-        eps = tf.constant([NORM_EPS * _NORM_SCALE * _NORM_SCALE], tf.float32)
+        scaled = x * NORM_SCALE
+        eps = tf.constant([NORM_EPS * NORM_SCALE * NORM_SCALE], tf.float32)
         if self.target == "litert":
             sumsq = tf.reduce_sum(tf.square(scaled), axis=-1, keepdims=True)
             ones = tf.ones(self.kernel_size + (1, 1), tf.float32)
@@ -141,7 +144,7 @@ class FoldedSphereConv(keras.layers.Layer):
             ones = tf.ones(self.kernel_size + (int(x.shape[-1]), 1), tf.float32)
         box = tf.nn.conv2d(sumsq, ones, strides=list(self.strides), padding=self.padding,
                            dilations=list(self.dilations))
-        return tf.sqrt(tf.nn.bias_add(box, eps)) * (1.0 / _NORM_SCALE)
+        return tf.sqrt(tf.nn.bias_add(box, eps)) * (1.0 / NORM_SCALE)
 
     def call(self, inputs):
         x = tf.cast(inputs, tf.float32)

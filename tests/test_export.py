@@ -37,9 +37,10 @@ from spherenet_tf import export as export_cli
 from spherenet_tf import export_formats as ef
 from spherenet_tf.fixtures import rel_err
 from spherenet_tf.models import build_cnn9, build_resnet32
-from spherenet_tf.sphere_ops import NORMS, W_NORMS
 
-RUNTIMES = {"savedmodel": "tensorflow", "tflite": "ai_edge_litert", "onnx": "onnxruntime"}
+#: The original's `norm` and `w_norm` values (README, "The switches").
+NORMS = ("none", "linear", "cosine", "sigmoid", "lr_sigmoid")
+W_NORMS = ("none", "linear", "cosine", "sigmoid")
 #: The acceptance check of issue 25: the original's eval logits (measured 2.6e-7
 #: SavedModel, 3.1e-7 LiteRT, 5.1e-7 ONNX).
 ACCEPT_TOL = 1e-4
@@ -326,6 +327,9 @@ def test_refusal_of_an_unwritable_output(small_keras, tmp_path, capsys):
             capsys, "cannot write --output")
     refused([source, "--format", "tflite", "--output", str(tmp_path / "missing" / "net.tflite")],
             capsys, "cannot write --output")
+    refused([source, "--format", "savedmodel", "--output", str(tmp_path / "a_file")], capsys,
+            "a SavedModel is a folder")
+    refused([source, "--format", "onnx", "--output", str(tmp_path)], capsys, "is a folder")
     assert leftovers(tmp_path) == ["a_file"]
 
 
