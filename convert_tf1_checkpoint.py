@@ -28,7 +28,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from spherenet_tf.models import build_cnn9, build_resnet32  # noqa: E402
-from spherenet_tf.sphere_ops import NORMS, W_NORMS  # noqa: E402
+from spherenet_tf.formulas import NORMS, W_NORMS  # noqa: E402
 from spherenet_tf.tf1_checkpoint import (  # noqa: E402
     TF1CheckpointError, describe, load_tf1_checkpoint, read_tf1_checkpoint,
 )

@@ -54,7 +54,7 @@ import tensorflow as tf  # noqa: E402
 from spherenet_tf.layers import conv_layer  # noqa: E402
 from spherenet_tf.losses import Loss2  # noqa: E402
 from spherenet_tf.models import feature_model  # noqa: E402
-from spherenet_tf.sphere_ops import NORMS  # noqa: E402
+from spherenet_tf.formulas import NORMS  # noqa: E402
 from spherenet_tf.training import ADAM, LR_BOUNDARIES, OriginalSchedule  # noqa: E402
 
 N_CLASS = 10

@@ -40,8 +40,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import portable_ops, sphere_ops
-from .layers import SphereConv2D, original_kernel_initializer, uses_portable_ops, validate_option
+from . import formulas, portable_ops
+from .layers import SphereConv2D, original_kernel_initializer, validate_option
 
 #: The angular functions g of the GA-softmax logit |x| g(theta).
 G_FUNCTIONS = ("linear", "cosine", "sigmoid")
@@ -69,13 +69,11 @@ def psi(theta, g, margin):
     margin = validate_margin("psi", margin)
     m_theta = margin * theta
     if g == "linear":
-        return 1.0 - sphere_ops.LINEAR_SLOPE * m_theta
+        return formulas.g_of_theta(m_theta, "linear")
     # The piece index k is constant (no gradient); within a piece psi is smooth.
     piece = ops.stop_gradient(ops.floor(m_theta / np.pi))
     if g == "sigmoid":
-        k = sphere_ops.SIGMOID_K
-        e = ops.exp((m_theta - np.pi * piece) / k - np.pi / (2 * k))
-        return sphere_ops.sigmoid_constant(k) * (1.0 - e) / (1.0 + e) - 2.0 * piece
+        return formulas.g_of_theta(m_theta - np.pi * piece, "sigmoid") - 2.0 * piece
     sign = 1.0 - 2.0 * ops.mod(piece, 2.0)  # (-1)^k
     return sign * ops.cos(m_theta) - 2.0 * piece
 
@@ -102,8 +100,7 @@ def margin_logits(logits, xnorm, cos, labels, g, margin):
     onehot = ops.one_hot(labels, n_class, dtype="float32") > 0.5
     cos_y = ops.take_along_axis(ops.cast(cos, "float32"), labels[:, None], axis=1)[:, 0]
     xnorm = ops.reshape(ops.cast(xnorm, "float32"), (-1,))
-    acos = sphere_ops.safe_acos if keras.backend.backend() == "tensorflow" else portable_ops.safe_acos
-    target = xnorm * psi(acos(cos_y), g, margin)
+    target = xnorm * psi(formulas.safe_acos(cos_y), g, margin)
     return ops.where(onehot, ops.cast(target[:, None], logits.dtype), logits)
 
 
@@ -224,10 +221,9 @@ class GASoftmaxScore(keras.layers.Layer):
         x = ops.cast(features, "float32")
         w = ops.cast(self.kernel, "float32")
         dot = ops.matmul(x, w)
-        xnorm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + sphere_ops.NORM_EPS)
-        wnorm = ops.sqrt(ops.sum(ops.square(w), axis=0) + sphere_ops.NORM_EPS)
-        ops_module = portable_ops if uses_portable_ops("fast") else sphere_ops
-        logits = ops_module.sphere_response(dot, xnorm, wnorm, norm="none", w_norm=self.g)
+        xnorm = portable_ops.vector_norm(x, axis=-1, keepdims=True)
+        wnorm = portable_ops.vector_norm(w, axis=0)
+        logits = formulas.sphere_response(dot, xnorm, wnorm, norm="none", w_norm=self.g)
         return xnorm, dot / xnorm / wnorm, logits
 
     def call(self, features, labels=None):

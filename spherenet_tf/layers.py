@@ -2,17 +2,16 @@
 
 Ports `_conv_layer` of the original `spherenet.py` / `sphere_resnet_v1.py`
 (wy1iu/SphereNet): "Deep Hyperspherical Learning", Liu et al., NIPS 2017
-(arXiv:1711.03189), section 2.  The arithmetic lives in `sphere_ops`; this module
-adds the Keras contract (validated options, weights, losses, serialisation) and the
+(arXiv:1711.03189), section 2.  The arithmetic lives in `formulas` (every backend) and
+`sphere_ops` (TensorFlow's fast kernels); this module adds the Keras contract (validated options, weights, losses, serialisation) and the
 `conv_layer` helper that mirrors the original's conv -> BN -> ReLU block.
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from . import portable_ops, regularizers, sphere_ops
+from . import decoupled, formulas, portable_ops, regularizers, sphere_ops
 from .messages import closest
 
 #: BatchNormalization settings of the original's hand-written BN (`batch_norm`).
@@ -55,15 +54,12 @@ def _no_float16_compute(dtype):
     return dtype
 
 
-#: `formulation` values of a layer: those of `sphere_ops` (TensorFlow) and 'portable'
-#: (`portable_ops`: keras.ops, what every other backend runs; selectable on TF for tests).
-LAYER_FORMULATIONS = sphere_ops.FORMULATIONS + ("portable",)
-
-
-def uses_portable_ops(formulation):
-    """Whether a layer computes with `portable_ops`: always outside TensorFlow (the
-    'fast' and 'original' formulations are TF programs), or when asked for."""
-    return formulation == "portable" or keras.backend.backend() != "tensorflow"
+#: How a SphereConv computes: 'fast' (TensorFlow: the hand-differentiated kernels of
+#: `sphere_ops`), 'original' (TensorFlow: the original's order of arithmetic, a ones-kernel
+#: patch norm, `conv / |x| / |W|`, acos then exp, autodiff) or 'portable' (`formulas` and
+#: `portable_ops` in keras.ops, autodiff: what every other backend runs).  All three agree
+#: to the last bits; the choice is a computation detail, not part of a saved model.
+FORMULATIONS = ("fast", "original", "portable")
 
 
 def original_kernel_initializer():
@@ -77,89 +73,60 @@ def original_kernel_initializer():
 class SphereConv2D(keras.layers.Conv2D):
     """2D hyperspherical convolution (SphereConv).
 
-    Each output is g(theta) where theta is the angle between the input patch and
-    the filter, instead of the inner product |w||x|cos(theta) of a convolution.
-    The choice of g is `norm`; `w_norm` gives weight-normalised scores
-    |x| g(theta) (meant for the classifier layer, with `norm='none'`).
+    Each output is g(theta), theta the angle between the input patch and the filter,
+    instead of the inner product |w||x|cos(theta) of a convolution (`formulas` states the
+    arithmetic).  `w_norm` gives weight-normalised scores |x| g(theta), meant for the
+    classifier layer with `norm='none'`.
 
-    Reference: W. Liu, Y.-M. Zhang, X. Li, Z. Yu, B. Dai, T. Zhao, L. Song,
-    "Deep Hyperspherical Learning", NIPS 2017, arXiv:1711.03189.  Ports
-    `_conv_layer` of the original TF1 code (wy1iu/SphereNet); the patch norm uses
-    the convolution's stride and padding (the original `spherenet.py` did not, and
-    failed for stride 2).
+    Reference: W. Liu, Y.-M. Zhang, X. Li, Z. Yu, B. Dai, T. Zhao, L. Song, "Deep
+    Hyperspherical Learning", NIPS 2017, arXiv:1711.03189.  Ports `_conv_layer` of the
+    original TF1 code (wy1iu/SphereNet); the patch norm uses the convolution's stride and
+    padding (the original `spherenet.py` did not, and failed for stride 2).
 
     Args:
-      filters: number of output channels (C_out).
-      kernel_size: int or pair, the window k.
-      strides: int or pair.
+      filters, kernel_size, strides: as `Conv2D`.
       padding: 'same' or 'valid' (case-insensitive; the original wrote 'SAME').
-      norm: angular function of the SphereConv: 'none' (a plain convolution),
-        'linear' (1 - 0.63662 theta), 'cosine' (cos theta), 'sigmoid' (k = 0.3) or
-        'lr_sigmoid' (learnable per-filter k, initialised to 0.7, used as |k|+0.05).
-      w_norm: weight-normalised score: 'none', 'cosine' (|x| cos theta = x.w/|w|,
-        the weight-normalised softmax logit), 'linear' or 'sigmoid'
-        (|x| g(theta), the generalised angular softmax logit).  Applied before
-        `norm`, as in the original.
-      magnitude: beyond the original: the decoupled operator h(|x|) * g(theta)
-        of "Decoupled Networks" (Liu et al., CVPR 2018; code wy1iu/DCNets), with
-        g the `norm` above and h: 'none' (SphereConv, h = 1, the default),
-        'ball' (min(|x|/rho, 1)), 'tanh' (tanh(|x|/rho)), 'linear' (|x|),
-        'seg' (|x| below rho, 0.5|x| + 0.5 rho above) or 'log' (log(1 + |x|)).
-        Needs `norm` other than 'none'.
-      rho: the radius of 'ball', 'tanh' and 'seg': 'batch_mean' (DCNets' default:
-        (r^2 + 1e-4) * mean |x|, with r a learnable weight per filter initialised
-        to 1 and mean |x| the patch-norm mean of the batch in training, its moving
-        average (decay 0.999, from zero) in inference), 'learned' ((r^2 + 1e-4)
-        alone) or a positive number (fixed).
+      norm: 'none' (a plain convolution), 'linear' (1 - 0.63662 theta), 'cosine'
+        (cos theta), 'sigmoid' (k = 0.3) or 'lr_sigmoid' (a learnable k per filter,
+        initialised to 0.7, used as |k| + 0.05).
+      w_norm: 'none', 'cosine' (|x| cos theta = x.w/|w|, the weight-normalised softmax
+        logit), 'linear' or 'sigmoid' (|x| g(theta), the generalised angular softmax
+        logit).  Applied before `norm`, as in the original.
       orth: add the original's orthogonality loss 2e-4 * l2_loss(W^T W - I) to the
-        layer's losses.  It is also available on its own as `orthogonality_loss()`
-        so a training loop can report it apart from weight decay.
-      formulation: 'fast' (default: the port's exact rewrites, see `sphere_ops`),
-        'original' (the original's order of arithmetic: a ones-kernel patch norm,
-        `conv / |x| / |W|` and autodiff; slower, for comparisons with the original)
-        or 'portable' (`portable_ops`, keras.ops and autodiff).  The three agree to
-        the last bits.  'fast' and 'original' are TensorFlow programs: under the JAX
-        and PyTorch backends every layer computes with 'portable'.
+        layer's losses (also `orthogonality_loss()`, for a loop that reports it apart).
+      magnitude, rho: beyond the original, the decoupled operator h(|x|) g(theta) of
+        "Decoupled Networks" (Liu et al., CVPR 2018; wy1iu/DCNets), see `decoupled`:
+        magnitude 'none' (SphereConv), 'ball', 'tanh', 'linear', 'seg' or 'log'; rho
+        'batch_mean', 'learned' or a positive number.  Needs an angular `norm`.
+      formulation: how it computes, not saved with the layer (`FORMULATIONS`); outside
+        TensorFlow always 'portable'.
       use_bias: default False: the original has no bias anywhere.
       kernel_initializer: default N(0, sqrt(2/(k*k*C_in))), the original's.
-      **kwargs: anything `keras.layers.Conv2D` accepts (`kernel_regularizer`,
-        `kernel_constraint`, `activation`, `dilation_rate`, `name`, `dtype`, ...).
+      **kwargs: anything `keras.layers.Conv2D` accepts.
 
-    Weights: `kernel` [k, k, C_in, filters], then for 'lr_sigmoid' `k_value`
-    [filters]; for `magnitude` 'ball'/'tanh'/'seg' with a learnable rho, `radius`
-    [filters] and (rho='batch_mean') the non-trainable `xnorm_moving_mean` [].
+    Weights: `kernel` [k, k, C_in, filters], then `k_value` [filters] for 'lr_sigmoid',
+    and the decoupled operators' `radius` [filters] and `xnorm_moving_mean` [].
 
-    Input shape: [batch, H, W, C_in] (channels_last).
-    Output shape: [batch, H_out, W_out, filters].
+    Mixed precision: a SphereConv with an angle computes in float32 (the angle of a patch
+    close to its filter is lost at 8 bits), with the float32 kernel: its autocasting is
+    off and its inputs are cast in `convolution_op`; it returns the compute dtype.
 
-    Example:
+    Input shape: [batch, H, W, C_in] (channels_last).  Output shape: [batch, H_out,
+    W_out, filters].
 
     >>> layer = SphereConv2D(64, 3, norm="linear", orth=True)
     >>> y = layer(keras.random.normal((2, 32, 32, 3)))  # values in [-1, 1]
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="same",
-        norm="cosine",
-        w_norm="none",
-        orth=False,
-        use_bias=False,
-        kernel_initializer=None,
-        magnitude="none",
-        rho="batch_mean",
-        formulation="fast",
-        **kwargs,
-    ):
+    def __init__(self, filters, kernel_size, strides=1, padding="same", norm="cosine",
+                 w_norm="none", orth=False, use_bias=False, kernel_initializer=None,
+                 magnitude="none", rho="batch_mean", formulation="fast", **kwargs):
         name = type(self).__name__
-        formulation = validate_option(name, "formulation", formulation, LAYER_FORMULATIONS)
-        norm = validate_option(name, "norm", norm, sphere_ops.NORMS)
-        w_norm = validate_option(name, "w_norm", w_norm, sphere_ops.W_NORMS)
-        magnitude = validate_option(name, "magnitude", magnitude, sphere_ops.MAGNITUDES)
-        rho = _validate_rho(name, rho)
+        formulation = validate_option(name, "formulation", formulation, FORMULATIONS)
+        norm = validate_option(name, "norm", norm, formulas.NORMS)
+        w_norm = validate_option(name, "w_norm", w_norm, formulas.W_NORMS)
+        magnitude = validate_option(name, "magnitude", magnitude, portable_ops.MAGNITUDES)
+        rho = decoupled.validate_rho(name, rho)
         if magnitude != "none" and norm == "none":
             raise ValueError(
                 f"{name}: magnitude={magnitude!r} multiplies the angular output g(theta), "
@@ -167,50 +134,29 @@ class SphereConv2D(keras.layers.Conv2D):
                 f"norm='cosine' (DCNets' TanhConv + cosine is magnitude='tanh', norm='cosine')."
             )
         if not isinstance(orth, bool):
-            raise ValueError(
-                f"Invalid value for `orth` argument of {name}: expected True or False. "
-                f"Received: orth={orth!r}."
-            )
-        if isinstance(padding, str):
-            padding = padding.lower()
+            raise ValueError(f"Invalid value for `orth` argument of {name}: expected True or "
+                             f"False. Received: orth={orth!r}.")
         if norm != "none" or w_norm != "none":
             kwargs["dtype"] = _no_float16_compute(kwargs.get("dtype"))
-            # The kernel reaches `convolution_op` as the float32 variable, not a bfloat16
-            # copy: the angle between a patch and a filter it matches is lost at 8 bits
-            # (docs/differences.md, "mixed precision").  Inputs are cast there instead.
-            kwargs["autocast"] = False
-        if kernel_initializer is None:
-            kernel_initializer = original_kernel_initializer()
-        super().__init__(
-            filters,
-            kernel_size,
-            strides=strides,
-            padding=padding,
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            **kwargs,
-        )
-        self.norm = norm
-        self.w_norm = w_norm
-        self.orth = orth
-        self.magnitude = magnitude
-        self.rho = rho
-        self.formulation = formulation
-        self.radius = None
-        self.xnorm_moving_mean = None
+            kwargs["autocast"] = False  # the float32 kernel, see "Mixed precision" above
+        super().__init__(filters, kernel_size, strides=strides,
+                         padding=padding.lower() if isinstance(padding, str) else padding,
+                         use_bias=use_bias,
+                         kernel_initializer=kernel_initializer or original_kernel_initializer(),
+                         **kwargs)
+        self.norm, self.w_norm, self.orth = norm, w_norm, orth
+        self.magnitude, self.rho, self.formulation = magnitude, rho, formulation
+        self.k_value = self.radius = self.xnorm_moving_mean = None
         if self.data_format != "channels_last":
             raise ValueError(
-                f"{name} supports data_format='channels_last' only (the patch norm sums "
-                f"over the last axis). Received: data_format={self.data_format!r}. "
-                "Transpose the input to NHWC instead."
-            )
+                f"{name} supports data_format='channels_last' only (the patch norm sums over "
+                f"the last axis). Received: data_format={self.data_format!r}. Transpose the "
+                "input to NHWC instead.")
         if self.groups != 1 and self._is_spherical:
             raise ValueError(
                 f"{name}: groups > 1 is not supported with norm={self.norm!r} / "
                 f"w_norm={self.w_norm!r} (the patch norm spans all input channels). "
-                f"Received: groups={self.groups}. Use groups=1."
-            )
-        self.k_value = None
+                f"Received: groups={self.groups}. Use groups=1.")
 
     @property
     def _is_spherical(self):
@@ -224,105 +170,49 @@ class SphereConv2D(keras.layers.Conv2D):
             self._kernel.regularizer = regularizers.OrthogonalityRegularizer(self.kernel_regularizer)
         if self.norm == "lr_sigmoid":
             self.k_value = self.add_weight(
-                name="k_value",
-                shape=(self.filters,),
-                initializer=keras.initializers.Constant(sphere_ops.LR_SIGMOID_K_INIT),
-                trainable=True,
-                dtype=self.dtype,
-            )
-        if self.magnitude in sphere_ops.MAGNITUDES_WITH_RHO and isinstance(self.rho, str):
-            self.radius = self.add_weight(
-                name="radius",
-                shape=(self.filters,),
-                initializer=keras.initializers.Constant(sphere_ops.RHO_RADIUS_INIT),
-                trainable=True,
-                dtype=self.dtype,
-            )
-            if self.rho == "batch_mean":
-                self.xnorm_moving_mean = self.add_weight(
-                    name="xnorm_moving_mean", shape=(), initializer="zeros",
-                    trainable=False, autocast=False,
-                )
+                name="k_value", shape=(self.filters,), trainable=True, dtype=self.dtype,
+                initializer=keras.initializers.Constant(formulas.LR_SIGMOID_K_INIT))
+        decoupled.build(self)
+
+    def computes_with(self):
+        """The formulation this layer runs: the one place that decides.  'fast' and
+        'original' are TensorFlow programs; outside TensorFlow it is 'portable'."""
+        return self.formulation if keras.backend.backend() == "tensorflow" else "portable"
 
     def convolution_op(self, inputs, kernel):
         if not self._is_spherical:
             return super().convolution_op(inputs, kernel)
-        # What autocasting would have done to the inputs (it is off for this layer, so
-        # that `kernel` is the float32 variable): the compute dtype, e.g. bfloat16.
-        inputs = ops.cast(inputs, self.compute_dtype)
-        if uses_portable_ops(self.formulation):
-            return ops.cast(self._portable_convolution(ops.cast(inputs, "float32"), kernel),
-                            self.compute_dtype)
-        original = self.formulation == "original"
-        if self.w_norm == "none" and not original and self.dilation_rate == (1, 1):
-            # One op, float32 inside, the output in the input's dtype.
-            return sphere_ops.sphere_convolution(inputs, kernel, self.norm, self._effective_k(),
-                                                 self.strides, self.padding)
-        # The other formulations compute in float32 throughout (inputs exactly widened).
-        out = self._spherical_convolution(ops.cast(inputs, "float32"), ops.cast(kernel, "float32"),
-                                          original)
-        return ops.cast(out, self.compute_dtype)
-
-    def _spherical_convolution(self, inputs, kernel, original):
-        """`w_norm`, the original's order of arithmetic, dilation: float32 throughout."""
-        if self.w_norm == "none" and not original:
-            return self._unit_filter_convolution(inputs, kernel)
-        # The convolution and the filter norm use the filter rescaled by a power of two
-        # to max|W| ~ 1 (`sphere_ops.kernel_scale`): the cosine keeps every bit, and
-        # neither x.W nor the norm's gradient can overflow when inputs are large and
-        # filters large or small (docs/differences.md).
-        w_scale = sphere_ops.kernel_scale(kernel)
-        scaled_kernel = kernel / w_scale
-        conv = super().convolution_op(inputs, scaled_kernel)
-        xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate, original
-        )
-        wnorm = sphere_ops.scaled_filter_norm(scaled_kernel, w_scale)
-        return sphere_ops.sphere_response(conv, xnorm, wnorm, self.norm, self.w_norm,
-                                          self._effective_k(), w_scale=w_scale, original=original)
-
-    def _unit_filter_convolution(self, inputs, kernel):
-        """A `norm` without `w_norm` at dilation > 1: g(conv(x, W / |W|) / |x|).
-
-        conv(x, W) / |W| = conv(x, W / |W|) because |W| is one number per output channel,
-        so dividing the (small) kernel replaces a division of the (large) output.  Unit-norm
-        filters also keep x.W finite for any filter magnitude (docs/differences.md).
-        """
-        conv = super().convolution_op(inputs, sphere_ops.unit_filters(kernel))
-        xnorm = sphere_ops.patch_norm(
-            inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate
-        )
-        return sphere_ops.unit_filter_response(conv, xnorm, self.norm, self._effective_k())
-
-    def _effective_k(self):
-        """|k| + 0.05 of `lr_sigmoid` (float32), else None."""
-        if self.norm != "lr_sigmoid":
-            return None
-        return ops.abs(ops.cast(self.k_value, "float32")) + sphere_ops.LR_SIGMOID_K_OFFSET
-
-    def _portable_convolution(self, inputs, kernel):
-        """The SphereConv in keras.ops (`portable_ops`): every backend, autodiff."""
+        inputs = ops.cast(inputs, self.compute_dtype)  # what autocasting would have done
+        formulation = self.computes_with()
+        k = formulas.effective_k(self.k_value) if self.norm == "lr_sigmoid" else None
+        if formulation == "fast" and self.w_norm == "none" and self.dilation_rate == (1, 1):
+            # one hand-differentiated op, float32 inside, the output in the input's dtype
+            return sphere_ops.sphere_convolution(inputs, kernel, self.norm, k, self.strides,
+                                                 self.padding)
+        # Everything else: the formulas, float32 throughout, with each filter divided by a
+        # power of two that brings its largest entry near 1 (`portable_ops.kernel_scale`):
+        # the cosine keeps every bit, and neither x.W nor the norm's gradient can overflow
+        # when inputs are large and filters large or small (docs/differences.md).
+        inputs, kernel = ops.cast(inputs, "float32"), ops.cast(kernel, "float32")
         w_scale = portable_ops.kernel_scale(kernel)
-        scaled_kernel = kernel / w_scale
-        conv = super().convolution_op(inputs, scaled_kernel)
-        xnorm = portable_ops.patch_norm(inputs, self.kernel_size, self.strides, self.padding,
-                                        self.dilation_rate)
-        w_scale = ops.cast(w_scale, "float32")
-        wnorm = portable_ops.scaled_filter_norm(scaled_kernel, w_scale)
-        out = portable_ops.sphere_response(ops.cast(conv, "float32"), xnorm, wnorm, self.norm,
-                                           self.w_norm, self._effective_k(), w_scale=w_scale)
-        return ops.cast(out, conv.dtype)
+        scaled = kernel / w_scale
+        out = formulas.sphere_response(
+            super().convolution_op(inputs, scaled), self.patch_norm(inputs),
+            portable_ops.scaled_filter_norm(scaled, w_scale), self.norm, self.w_norm, k,
+            w_scale=w_scale, original=formulation == "original")
+        return ops.cast(out, self.compute_dtype)
 
     def patch_norm(self, inputs):
         """|x| of every patch this layer sees, [B, Ho, Wo, 1] float32."""
-        ops_module = portable_ops if uses_portable_ops(self.formulation) else sphere_ops
-        return ops_module.patch_norm(inputs, self.kernel_size, self.strides, self.padding,
-                                     self.dilation_rate)
+        args = (inputs, self.kernel_size, self.strides, self.padding, self.dilation_rate)
+        formulation = self.computes_with()
+        if formulation == "portable":
+            return portable_ops.patch_norm(*args)
+        return sphere_ops.patch_norm(*args, original=formulation == "original")
 
     def filter_norm(self, kernel):
         """|W| of every filter, [1, 1, 1, filters] float32."""
-        ops_module = portable_ops if uses_portable_ops(self.formulation) else sphere_ops
-        return ops_module.filter_norm(kernel)
+        return portable_ops.filter_norm(kernel)
 
     def orthogonality_loss(self):
         """The original's orthogonality loss of this layer's filter (a scalar tensor)."""
@@ -330,50 +220,15 @@ class SphereConv2D(keras.layers.Conv2D):
 
     def call(self, inputs, training=None):
         if self.magnitude != "none":
-            return self._decoupled_call(inputs, training)
+            return decoupled.call(self, inputs, training, BN_MOMENTUM)
         return super().call(inputs)
 
-    def _decoupled_call(self, inputs, training):
-        """h(|x|) * g(theta) (+ bias, activation): the `magnitude` path only."""
-        angular = self.convolution_op(inputs, self.kernel)
-        xnorm = self.patch_norm(inputs)
-        rho = self._rho(xnorm, training) if self.magnitude in sphere_ops.MAGNITUDES_WITH_RHO else None
-        h = portable_ops.magnitude_function(xnorm, self.magnitude, rho)
-        outputs = ops.cast(ops.cast(angular, "float32") * h, angular.dtype)
-        if self.use_bias:
-            outputs = outputs + ops.cast(self.bias, outputs.dtype)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
-
-    def _rho(self, xnorm, training):
-        if not isinstance(self.rho, str):
-            return ops.convert_to_tensor(self.rho, "float32")
-        scale = portable_ops.radius_to_rho_scale(ops.cast(self.radius, "float32"))
-        if self.rho == "learned":
-            return scale
-        if training and self.trainable:
-            mean = ops.mean(xnorm)
-            # The moving average of DCNets' `xnorm_batch_norm`, with the BN weights.
-            self.xnorm_moving_mean.assign(
-                self.xnorm_moving_mean * BN_MOMENTUM + ops.stop_gradient(mean) * (1.0 - BN_MOMENTUM)
-            )
-        else:
-            mean = ops.convert_to_tensor(self.xnorm_moving_mean)
-        return scale * mean
-
-    # Conv2D saves only kernel and bias; k_value (and the decoupled operators'
-    # radius and moving mean) must travel too.
+    # Conv2D saves only kernel and bias; k_value (and the decoupled operators' radius and
+    # moving mean) must travel too.
     def _saved_variables(self):
-        variables = [self._kernel]
-        if self.use_bias:
-            variables.append(self.bias)
-        if self.k_value is not None:
-            variables.append(self.k_value)
-        for extra in (self.radius, self.xnorm_moving_mean):
-            if extra is not None:
-                variables.append(extra)
-        return variables
+        extra = (self.k_value, self.radius, self.xnorm_moving_mean)
+        return ([self._kernel] + ([self.bias] if self.use_bias else [])
+                + [v for v in extra if v is not None])
 
     def save_own_variables(self, store):
         if not self.built:
@@ -398,22 +253,8 @@ class SphereConv2D(keras.layers.Conv2D):
     def get_config(self):
         config = super().get_config()
         config.update({"norm": self.norm, "w_norm": self.w_norm, "orth": self.orth,
-                       "magnitude": self.magnitude, "rho": self.rho,
-                       "formulation": self.formulation})
+                       "magnitude": self.magnitude, "rho": self.rho})
         return config
-
-
-def _validate_rho(layer_name, rho):
-    if isinstance(rho, str) and rho in sphere_ops.RHO_MODES:
-        return rho
-    if isinstance(rho, (int, float, np.floating, np.integer)) and not isinstance(rho, bool):
-        if np.isfinite(rho) and rho > 0:
-            return float(rho)
-    raise ValueError(
-        f"Invalid value for `rho` argument of {layer_name}. Allowed values are: "
-        f"{', '.join(repr(m) for m in sphere_ops.RHO_MODES)} or a positive number. "
-        f"Received: rho={rho!r}."
-    )
 
 
 def batch_norm(name):

@@ -15,9 +15,10 @@ the score logits, shape [batch, n_class].
 
 import keras
 
-from .layers import LAYER_FORMULATIONS, conv_layer, validate_option
+from .layers import FORMULATIONS, conv_layer, validate_option
 from .sphere_norm import SphereNorm2D
-from .sphere_ops import MAGNITUDES, NORMS, W_NORMS
+from .formulas import NORMS, W_NORMS
+from .portable_ops import MAGNITUDES
 
 #: Input of every CIFAR model.
 IMAGE_SHAPE = (32, 32, 3)
@@ -35,7 +36,7 @@ def _conv_options(builder, norm, sphere_norm, magnitude, rho, formulation):
     """Layer class and options of the normalised convolutions (beyond the original:
     SphereNorm, decoupled operators); the defaults give plain SphereConv2D."""
     validate_option(builder, "magnitude", magnitude, MAGNITUDES)
-    validate_option(builder, "formulation", formulation, LAYER_FORMULATIONS)
+    validate_option(builder, "formulation", formulation, FORMULATIONS)
     if not isinstance(sphere_norm, bool):
         raise ValueError(f"{builder}: `sphere_norm` must be True or False. Received: sphere_norm={sphere_norm!r}")
     if not sphere_norm:

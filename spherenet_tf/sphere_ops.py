@@ -1,14 +1,21 @@
-"""The arithmetic of SphereConv: norms, angles and the angular functions.
+"""The TensorFlow fast path of SphereConv: hand-differentiated kernels.
 
-Ports `_get_input_norm`, `_get_filter_norm` and the `norm` / `w_norm` branches of
-`_conv_layer` in the original `spherenet.py` / `sphere_resnet/sphere_resnet_v1.py`
-(wy1iu/SphereNet), from "Deep Hyperspherical Learning", Liu et al., NIPS 2017
-(arXiv:1711.03189), section 2.
+"Deep Hyperspherical Learning", Liu et al., NIPS 2017 (arXiv:1711.03189), section 2;
+`_conv_layer` of the original `spherenet.py` / `sphere_resnet/sphere_resnet_v1.py`
+(wy1iu/SphereNet).  `formulas` states the arithmetic (and runs on every backend); this
+module computes the same in fewer passes and less memory, on TensorFlow only:
 
-Everything here is plain TensorFlow on NHWC tensors; `layers.SphereConv2D` wires it
-into a Keras layer.  Where this module departs from the original arithmetic it
-says so, and the departure only touches inputs on which the original returned
-NaN or Inf (see docs/differences.md).
+- `patch_norm`: the patch norms as a channel sum of squares (one Euclidean-norm pass)
+  and a k x k box sum, with a one-pass hand-written gradient; `patch_norm_original`, the
+  original's ones-kernel convolution of x^2 (for the original's order of arithmetic);
+- `sphere_convolution`: the whole SphereConv g(conv(x, W / |W|) / |x|) as one op, whose
+  backward pass calls the convolution's backprop kernels itself and takes every
+  derivative from the cosine (`_response_backward`).  Dilated convolutions and `w_norm`
+  layers compute with `formulas` instead.
+
+Each kernel is checked against `formulas` / `portable_ops` (values and gradients, every
+`norm`, the adversarial grid: tests/test_kernels.py), and the gradients against a float64
+reference in every precision (tests/test_gradient_accuracy.py).
 """
 
 import functools
@@ -17,112 +24,15 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# ---------------------------------------------------------------------------
-# The original's constants, named once.
-# ---------------------------------------------------------------------------
-#: Added under both square roots (patch norm and filter norm).  It keeps the
-#: cosine strictly inside (-1, 1) and all-zero patches finite.
-NORM_EPS = 1e-4
-#: Slope of the linear SphereConv.  Deliberately the original's literal, not 2/pi:
-#: the original gives -3.6e-7 at cos = 0 and -1.0000007 at cos = -1.
-LINEAR_SLOPE = 0.63662
-#: Fixed k of the sigmoid SphereConv (and of the sigmoid `w_norm`).
-SIGMOID_K = 0.3
-#: Initial value of the learnable k of `lr_sigmoid`; the layer uses |k| + K_OFFSET.
-LR_SIGMOID_K_INIT = 0.7
-LR_SIGMOID_K_OFFSET = 0.05
+from .formulas import ACOS_GRAD_MIN, LINEAR_SLOPE, NORM_EPS, SIGMOID_K, sigmoid_constant
+from .portable_ops import NORM_SCALE, filter_norm
 
-#: The angular functions of section 2.2 of the paper, by their original names.
-NORMS = ("none", "linear", "cosine", "sigmoid", "lr_sigmoid")
-#: Weight-normalised score functions (the original `w_norm` argument).
-W_NORMS = ("none", "linear", "cosine", "sigmoid")
-
-# Smallest value of 1 - cos^2 used in the gradient of acos.  float32 cannot hold a
-# nonzero 1 - c^2 smaller than this (c = 1 - 2**-24 gives exactly 2**-23), so the
-# clamp only acts at |c| = 1 exactly, where TF's own gradient is infinite.
-_ACOS_GRAD_MIN = float(np.finfo(np.float32).eps)
-# The norms square their inputs after scaling them by 2**-32, so that squares of values
-# up to ~7.7e28 (instead of ~1.8e19) stay finite.  Scaling by a power of two is exact,
-# so the result has the same bits as the unscaled formula: the only squares that leave
-# the normal range are those of |x| < 4.7e-10, which are far below half an ulp of the
-# 1e-4 added to every sum.
-_NORM_SCALE = 2.0**-32
-_FLT_MIN = float(np.finfo(np.float32).tiny)
 # Pixel norms below this are squared and box-summed directly (k*k * 2**100 stays below
 # float32's 2**128 for any kernel); above it, the patch norm takes the scaled form.
 _DIRECT_NORM_MAX = 2.0**50
 # Largest power of two `_patch_norm_input_grad` divides by: dL/dxnorm * 2**80 stays finite
 # for patch norms down to the 1e-2 floor of the 1e-4 epsilon (|d| <= ~1e4 per filter).
 _RADIAL_MAX_EXPONENT = 80.0
-
-
-def sigmoid_constant(k):
-    """The sigmoid SphereConv's normalising constant C(k) = (1+e^{-pi/2k})/(1-e^{-pi/2k}).
-
-    With this C the sigmoid function takes the values 1, 0, -1 at angles 0, pi/2, pi.
-    For a Python number it is computed in float64 (as the original does with NumPy);
-    for a tensor it is computed with TF ops (as the original's `lr_sigmoid` does), so
-    that a learnable k also gets gradient through C.
-    """
-    if isinstance(k, (int, float)):
-        e = math.exp(-math.pi / (2 * k))
-        return (1 + e) / (1 - e)
-    e = tf.exp(-np.pi / (2 * k))
-    return (1 + e) / (1 - e)
-
-
-@tf.custom_gradient
-def safe_acos(c):
-    """acos with a finite gradient everywhere.
-
-    Forward: acos(clip(c, -1, 1)), equal to tf.acos wherever tf.acos is finite.
-    Backward: -1/sqrt(max(1 - c^2, 2**-23)), equal to TF's gradient wherever that
-    is finite; at |c| = 1 (exactly parallel or anti-parallel input and filter) TF's
-    is infinite and this one is about 2.9e3.  Beyond [-1, 1] (a `w_norm` applied
-    before a `norm` gives "cosines" that are not bounded) the clipped forward is
-    constant and the gradient is its derivative, 0: chaining two 2.9e3 factors there
-    overflowed float16 input gradients.
-    """
-    y = tf.acos(tf.clip_by_value(c, -1.0, 1.0))
-
-    def grad(dy):
-        # Waits for dy, as TF's own acos gradient does, so that the executor does not
-        # compute (and keep) the factor right after the forward pass.
-        with tf.control_dependencies([dy]):
-            c_ = tf.identity(c)
-        one_minus_c2 = tf.maximum(1.0 - tf.square(c_), _ACOS_GRAD_MIN)
-        g = -dy * tf.math.reciprocal(tf.sqrt(one_minus_c2))
-        return tf.where(tf.abs(c_) > 1.0, tf.zeros_like(g), g)
-
-    return y, grad
-
-
-@tf.custom_gradient
-def safe_asin(c):
-    """asin with the bounded gradient of `safe_acos` (opposite sign): asin(clip(c, -1, 1))
-    forward, 1/sqrt(max(1 - c^2, 2**-23)) inside [-1, 1] and 0 outside backward.
-
-    pi/2 - theta = asin(cos theta) is what the port's angular functions are computed
-    from: unlike acos, it keeps every bit of a cosine near 0 (a filter nearly
-    orthogonal to its patch, or a tiny one), where pi/2 - acos(c) cancels to 1e-7.
-    """
-    y = tf.asin(tf.clip_by_value(c, -1.0, 1.0))
-
-    def grad(dy):
-        with tf.control_dependencies([dy]):
-            c_ = tf.identity(c)
-        g = dy * tf.math.reciprocal(tf.sqrt(tf.maximum(1.0 - tf.square(c_), _ACOS_GRAD_MIN)))
-        return tf.where(tf.abs(c_) > 1.0, tf.zeros_like(g), g)
-
-    return y, grad
-
-
-#: How a SphereConv computes: 'fast' (the port's exact rewrites: box-sum patch norms,
-#: unit-norm filters, hand-written gradients) or 'original' (the original's order of
-#: arithmetic: ones-kernel patch norms, `conv / |x| / |W|`, autodiff).  Both give the
-#: same values up to the last bits; 'original' lets tests replay the original's rounding
-#: and benchmarks time it.
-FORMULATIONS = ("fast", "original")
 
 
 def patch_norm(x, kernel_size, strides=(1, 1), padding="same", dilation_rate=(1, 1),
@@ -168,8 +78,8 @@ def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
         return tf.sqrt(box_sum(sumsq) + NORM_EPS)
 
     def scaled():
-        sumsq = tf.reduce_sum(tf.square(x * _NORM_SCALE), axis=-1, keepdims=True)
-        return tf.sqrt(box_sum(sumsq) + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
+        sumsq = tf.reduce_sum(tf.square(x * NORM_SCALE), axis=-1, keepdims=True)
+        return tf.sqrt(box_sum(sumsq) + NORM_EPS * NORM_SCALE * NORM_SCALE) / NORM_SCALE
 
     xnorm = tf.cond(tf.reduce_max(sumsq) < _DIRECT_NORM_MAX * _DIRECT_NORM_MAX, direct, scaled)
     return xnorm, ones
@@ -178,13 +88,15 @@ def _patch_norm_forward(x, kernel_size, strides, padding, dilations=(1, 1)):
 def _compiled_by_xla():
     """Whether the graph being traced is compiled by XLA (`tf.function(jit_compile=True)`,
     which traces inside an XLA context).  TF has no public call for this; if its
-    internal one moves, the answer is True, the form every compiler accepts."""
+    internal function moves (ImportError, AttributeError), the answer is True, the form
+    every compiler accepts.  Any other error is a real one and propagates."""
     try:
         from tensorflow.python.ops import control_flow_util
 
-        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    except Exception:  # pragma: no cover - a TensorFlow without that internal function
+        in_xla = control_flow_util.GraphOrParentsInXlaContext
+    except (ImportError, AttributeError):  # pragma: no cover - a TF without that function
         return True
+    return in_xla(tf.compat.v1.get_default_graph())
 
 
 def _patch_norm_input_grad(x, xnorm, grad_xnorm, ones, strides, padding, dilations=(1, 1)):
@@ -239,129 +151,9 @@ def patch_norm_original(x, kernel_size, strides=(1, 1), padding="same", dilation
     return tf.sqrt(conv + NORM_EPS)
 
 
-def kernel_scale(kernel):
-    """Per filter, a power of two s such that max|filter / s| lies in (1/2, 1] (s = 1
-    for an all-zero filter): shape [1, 1, 1, C_out], the kernel's dtype, no gradient.
-
-    `SphereConv2D` convolves with kernel / s and divides by the norms of the rescaled
-    filters (`scaled_filter_norm`): the cosine is the same to the last bit (dividing a
-    filter and its norm by a power of two changes no rounding), while x.W cannot
-    overflow (inputs and filters both near 1e20 gave Inf / Inf = NaN), tiny filters
-    do not underflow, and the gradients in the rescaled units stay in range.
-    """
-    w = tf.cast(kernel, tf.float32)
-    maxabs = tf.stop_gradient(tf.reduce_max(tf.abs(w), axis=[0, 1, 2], keepdims=True))
-    exponent = tf.math.ceil(tf.math.log(maxabs) / math.log(2.0))
-    exponent = tf.where(maxabs > 0, tf.clip_by_value(exponent, -126.0, 127.0), 0.0)
-    bits = (tf.cast(exponent, tf.int32) + 127) * (2**23)  # exactly 2**exponent
-    return tf.cast(tf.bitcast(bits, tf.float32), kernel.dtype)
-
-
-def scaled_filter_norm(scaled_kernel, scale):
-    """filter_norm(scaled_kernel * scale) / scale, computed from the rescaled kernel.
-
-    With scale = `kernel_scale(kernel)` (every filter's largest entry in (1/2, 1]) the
-    sum of squares can neither overflow nor underflow, and neither can its gradient
-    (the 2**-32 form of `filter_norm` multiplies the incoming gradient by 2**63 / |W|
-    on the way, which overflowed for large inputs and small filters).  For ordinary
-    values the result has the bits of filter_norm(kernel) / scale.
-    """
-    w = tf.cast(scaled_kernel, tf.float32)
-    sumsq = tf.reduce_sum(tf.square(w), axis=[0, 1, 2], keepdims=True)
-    # Filters with entries below 1 (scale < 1): sqrt(sum W^2 + 1e-4) / scale, the
-    # original's formula (the 1e-4 in rescaled units, 1e-4 / scale^2, would overflow
-    # for filters below ~1e-17).  Larger filters: sqrt(sum + 1e-4 / scale^2), whose
-    # 1e-4 term is kept at least the smallest normal float (above ~1e19 it is far
-    # below half an ulp of any nonzero filter's sum, and keeps a zero filter's norm
-    # nonzero).  Each branch sees only scales it can take, so no gradient is NaN.
-    small = scale < 1.0
-    s_small = tf.where(small, scale, 1.0)
-    s_large = tf.where(small, 1.0, scale)
-    norm_small = tf.sqrt(sumsq * s_small * s_small + NORM_EPS) / s_small
-    norm_large = tf.sqrt(sumsq + tf.maximum(NORM_EPS / s_large / s_large, _FLT_MIN))
-    return tf.where(small, norm_small, norm_large)
-
-
-def filter_norm(kernel):
-    """Norm of every filter, shape [1, 1, 1, C_out]: sqrt(sum(W*W over k, k, C_in) + 1e-4)."""
-    scaled = tf.cast(kernel, tf.float32) * _NORM_SCALE
-    sumsq = tf.reduce_sum(tf.square(scaled), axis=[0, 1, 2], keepdims=True)
-    return tf.sqrt(sumsq + NORM_EPS * _NORM_SCALE * _NORM_SCALE) / _NORM_SCALE
-
-
-def unit_filters(kernel):
-    """kernel / filter_norm(kernel): every filter divided by its norm, in the kernel's dtype.
-
-    The same value, bit for bit, as `kernel / tf.cast(filter_norm(kernel), kernel.dtype)`,
-    with the gradient written out: for u = W / n, n = sqrt(sum W^2 + 1e-4),
-    dL/dW = (g - u * sum(g * u)) / n (the sums over each filter's k x k x C_in entries).
-    It keeps only u and n, one number per filter; autodiff through the norm kept two more
-    kernel-sized tensors per layer (the scaled kernel for the square's gradient and -W
-    for the division's, the latter computed before the backward pass even started).
-    """
-    return _unit_filters(tf.convert_to_tensor(kernel))  # a variable read, not the variable
-
-
 def _divide_by_norms(kernel, wnorm):
     """The unit filters W / |W| in the kernel's dtype, from the float32 filter norms."""
     return kernel / tf.cast(wnorm, kernel.dtype)
-
-
-@tf.custom_gradient
-def _unit_filters(kernel):
-    wnorm = filter_norm(kernel)
-    unit = _divide_by_norms(kernel, wnorm)
-
-    def grad(g):
-        return _unit_filters_grad(g, unit, wnorm, kernel.dtype)
-
-    return unit, grad
-
-
-def angular_function(cos, norm, k=None, original=False):
-    """g(theta) of the paper for cos = cos(theta); `norm` names g as in the original.
-
-    - 'cosine':  cos(theta)
-    - 'linear':  1 - 0.63662 * theta   (0.63662 ~ 2/pi, the original's literal)
-    - 'sigmoid': C(k) (1 - e^{theta/k - pi/2k}) / (1 + e^{theta/k - pi/2k}), k = 0.3
-    - 'lr_sigmoid': the same with the per-filter k given (already |k| + 0.05).
-
-    With `original=True` in the original's order (acos, then exp; autodiff through
-    `safe_acos`); otherwise from asin(cos) = pi/2 - theta (`safe_asin`), the same values
-    to float32 rounding.
-    """
-    if norm not in NORMS[1:]:
-        raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
-    if norm == "cosine":
-        return cos
-    if not original:
-        # From phi = asin(c) = pi/2 - theta, exact where c is near 0 (tiny filters), where
-        # pi/2 - acos(c) and 1 - 0.63662 acos(c) keep c only to 1e-7: with a `w_norm` the
-        # score |x| g is differentiated through g's value, not only its slope.
-        phi = safe_asin(cos)
-        if norm == "linear":
-            return LINEAR_AT_RIGHT_ANGLE + LINEAR_SLOPE * phi
-        kk = SIGMOID_K if norm == "sigmoid" else k
-        return sigmoid_constant(kk) * tf.tanh(phi * (0.5 / kk))
-    theta = safe_acos(cos)
-    if norm == "linear":
-        return -LINEAR_SLOPE * theta + 1.0
-    if norm == "sigmoid":
-        k = SIGMOID_K
-    return sigmoid_function(theta, k)[0]
-
-
-def sigmoid_function(theta, k):
-    """(g, e): the sigmoid SphereConv g(theta) = C(k) (1 - e) / (1 + e) and
-    e = exp(theta / k - pi / 2k).  The same expression, in the same order, as the
-    original (which evaluates exp twice; once here gives the same value)."""
-    c = sigmoid_constant(k)
-    e = tf.exp(theta / k - np.pi / (2 * k))
-    return c * (1.0 - e) / (1.0 + e), e
-
-
-#: g at theta = pi/2 of the linear SphereConv, 1 - 0.63662 pi/2 = -3.6e-7 (float64).
-LINEAR_AT_RIGHT_ANGLE = 1.0 - LINEAR_SLOPE * math.pi / 2
 
 
 def _response_forward(cos, norm, k):
@@ -408,7 +200,7 @@ def _response_backward(dy, cos, xnorm, norm, k):
         # right after the forward pass and keep it until the backward pass gets here.
         with tf.control_dependencies([dy]):
             cos = tf.identity(cos)
-        sin = tf.sqrt(tf.maximum(1.0 - tf.square(cos), _ACOS_GRAD_MIN))
+        sin = tf.sqrt(tf.maximum(1.0 - tf.square(cos), ACOS_GRAD_MIN))
         if norm == "linear":
             d, scale = dy / sin, LINEAR_SLOPE  # the scale goes on the small 1 / |x| below
         else:
@@ -434,29 +226,6 @@ def _response_backward(dy, cos, xnorm, norm, k):
     with tf.control_dependencies([grad_xnorm]):
         grad_conv = d * inv_xnorm
     return grad_conv, grad_xnorm, dk
-
-
-@functools.lru_cache(maxsize=None)
-def _unit_filter_response_fn(norm):
-    @tf.custom_gradient
-    def response(conv_unit, xnorm, k):
-        cos = conv_unit / xnorm
-
-        def grad(dy):
-            return _response_backward(dy, cos, xnorm, norm, k)
-
-        return _response_forward(cos, norm, k), grad
-
-    return response
-
-
-def unit_filter_response(conv_unit, xnorm, norm, k=None):
-    """g(cos theta) from the convolution with unit-norm filters: cos = conv(x, W / |W|) / |x|
-    (float32), with the hand-written gradient of `_response_backward` (it keeps the cosine).
-    `norm` is one of NORMS other than 'none'; k [F] is the effective k of `lr_sigmoid`."""
-    if norm != "lr_sigmoid":
-        k = tf.zeros([], tf.float32)
-    return _unit_filter_response_fn(norm)(conv_unit, xnorm, k)
 
 
 def _unit_filters_grad(g, unit, wnorm, dtype):
@@ -531,128 +300,3 @@ def _sphere_convolution_fn(norm, kernel_size, strides, padding):
         return y, grad
 
     return sphere_conv
-
-
-def sphere_response(conv, xnorm, wnorm, norm="cosine", w_norm="none", k=None, w_scale=None,
-                    original=False):
-    """Turn a plain convolution output into the SphereConv output.
-
-    Args:
-      conv: conv2d(x, W), float32 [B, Ho, Wo, C_out].
-      xnorm: `patch_norm(x)`, [B, Ho, Wo, 1].
-      wnorm: `filter_norm(W)`, [1, 1, 1, C_out].
-      norm: SphereConv angular function, one of `NORMS`.
-      w_norm: weight-normalised score function, one of `W_NORMS`, applied first as
-        in the original (it is meant for `norm='none'`, e.g. the score layer).
-      k: the per-filter k (|k_value| + 0.05) for `norm='lr_sigmoid'`.
-      w_scale: when given, `conv` and `wnorm` are those of the filters W / w_scale
-        (`kernel_scale`, one power of two per filter).  Every response is the same for
-        W and W / w_scale except a `norm` applied after a `w_norm`, which this corrects.
-
-    `w_norm='cosine'` gives conv/|W| = |x| cos(theta), exactly as the original.
-    `w_norm='linear'|'sigmoid'` give the generalised angular softmax logit
-    |x| g(theta) with theta the angle between patch and filter.  The original
-    applied acos to |x| cos(theta) instead, which is NaN whenever that exceeds 1
-    (ordinary feature norms); see docs/differences.md.
-
-    The usual case (a `norm` and no `w_norm`) runs the fused form with a hand-written
-    gradient (`SphereConv2D` goes one step further and folds 1/|W| into the filters,
-    see `unit_filter_response`); with `original=True` (the original's order of
-    arithmetic), and for the rare combinations, plain autodiff of the same expressions.
-    """
-    if w_norm == "none" and norm != "none" and not original:
-        return unit_filter_response(conv / wnorm, xnorm, norm, k)
-    return _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale, original)
-
-
-def _sphere_response_autodiff(conv, xnorm, wnorm, norm, w_norm, k, w_scale=None, original=False):
-    """`sphere_response` written as plain TF expressions (autodiff gradient)."""
-    if w_norm not in W_NORMS:
-        raise ValueError(f"sphere_response: unknown w_norm {w_norm!r}; allowed: {W_NORMS}")
-    if w_norm == "none":
-        if norm == "none":
-            return conv
-        # Divided in the original's order: first by the patch norm, then by the filter norm.
-        return angular_function(conv / xnorm / wnorm, norm, k, original)
-    cos = conv / xnorm / wnorm
-    if w_norm == "cosine":
-        score, angular = conv / wnorm, cos
-    else:
-        angular = angular_function(cos, w_norm, original=original)
-        score = xnorm * angular
-    if norm == "none":
-        return score
-    # A `norm` after a `w_norm` (no example of the original does this) takes the cosine
-    # score / (|x| |W|) = angular / |W|.  The original's order, score / |x| / |W|, is kept
-    # for `original`; otherwise |x| is not multiplied in and divided out again, which left
-    # the rounding of |x| g in gradients that are themselves tiny (filters near 0).
-    true_wnorm = wnorm if w_scale is None else wnorm * w_scale  # the filter's own norm
-    if original:
-        # the score does not depend on the filter's scale, so dividing it by the rescaled
-        # filter's norm left a factor w_scale too many
-        return angular_function(score / xnorm / true_wnorm, norm, k, original)
-    return angular_function(angular / true_wnorm, norm, k)
-
-
-# ---------------------------------------------------------------------------
-# Decoupled operators (beyond the original repository)
-# ---------------------------------------------------------------------------
-# Liu, Liu, Yu, Dai, Lin, Wang, Rehg, Song, "Decoupled Networks", CVPR 2018
-# (arXiv:1804.08071), code wy1iu/DCNets: a convolution output is written as
-# f(w, x) = h(|x|) * g(theta), a magnitude function of the patch norm times an
-# angular function.  SphereConv is h = 1; the other magnitudes below are the
-# paper's operators with DCNets' constants.  Nothing here is used unless a layer
-# asks for a magnitude, so the original SphereConv arithmetic above is untouched.
-
-#: Magnitude functions h(|x|), by name.  'none' is SphereConv (h = 1).
-MAGNITUDES = ("none", "ball", "tanh", "linear", "seg", "log")
-#: The magnitudes whose shape depends on a radius rho.
-MAGNITUDES_WITH_RHO = ("ball", "tanh", "seg")
-#: How rho is obtained (a positive number gives a fixed rho):
-#: 'batch_mean' = (r^2 + 1e-4) * E[|x|], DCNets' CIFAR and ImageNet default;
-#: 'learned'    = r^2 + 1e-4, DCNets' ImageNet code with `xnorm_bn=False`.
-RHO_MODES = ("batch_mean", "learned")
-#: DCNets' `radius` variable: one per filter, initialised to 1, used as r^2 + 1e-4.
-RHO_RADIUS_INIT = 1.0
-RHO_RADIUS_EPS = 1e-4
-#: Slopes of SegConv below and above rho in DCNets' `seg_cos` code
-#: (h = |x| below rho, 0.5 |x| + 0.5 rho above: continuous at rho).
-SEG_SLOPE_BELOW = 1.0
-SEG_SLOPE_ABOVE = 0.5
-
-
-def radius_to_rho_scale(radius):
-    """DCNets' rho factor from the learnable radius: r^2 + 1e-4 (always positive)."""
-    return tf.square(radius) + RHO_RADIUS_EPS
-
-
-def magnitude_function(xnorm, magnitude, rho=None):
-    """h(|x|) of a decoupled operator for patch norms `xnorm` ([B, Ho, Wo, 1]).
-
-    - 'none':   1 (SphereConv)
-    - 'ball':   min(|x| / rho, 1)            (BallConv)
-    - 'tanh':   tanh(|x| / rho)              (TanhConv)
-    - 'linear': |x|                          (LinearConv)
-    - 'seg':    |x| if |x| < rho, else 0.5 |x| + 0.5 rho   (SegConv)
-    - 'log':    log(1 + |x|)                 (LogConv)
-
-    `rho` broadcasts against `xnorm` (e.g. one per filter, [C_out]).  BallConv is
-    computed as |x| / max(|x|, rho), DCNets' `conv / (rho + relu(|x| - rho))`.
-    """
-    if magnitude == "none":
-        return tf.ones_like(xnorm)
-    if magnitude == "linear":
-        return xnorm
-    if magnitude == "log":
-        return tf.math.log1p(xnorm)
-    if magnitude not in MAGNITUDES_WITH_RHO:
-        raise ValueError(f"magnitude_function: unknown magnitude {magnitude!r}; allowed: {MAGNITUDES}")
-    if rho is None:
-        raise ValueError(f"magnitude_function: magnitude {magnitude!r} needs rho")
-    if magnitude == "ball":
-        return xnorm / tf.maximum(xnorm, rho)
-    if magnitude == "tanh":
-        return tf.tanh(xnorm / rho)
-    return tf.where(
-        xnorm < rho, SEG_SLOPE_BELOW * xnorm, SEG_SLOPE_ABOVE * xnorm + (SEG_SLOPE_BELOW - SEG_SLOPE_ABOVE) * rho
-    )

@@ -30,7 +30,7 @@ from support import numpy_reference as ref
 from support.adversarial import (CONFIGS, FILTERS, FLOAT16_MAX, STRUCTURES, X_MAX_EXP, grid as _grid,
                                  make_case, representable as _representable)
 from support.repo import REPORT
-from spherenet_tf import SphereConv2D, sphere_ops
+from spherenet_tf import SphereConv2D, formulas, portable_ops, sphere_ops
 
 NORMS = ["none", "linear", "cosine", "sigmoid", "lr_sigmoid"]
 W_NORMS = ["none", "linear", "cosine", "sigmoid"]
@@ -160,8 +160,8 @@ def test_no_nan_or_inf_on_random_inputs(policy, variant, config, structure, x_ex
     check_case(*variant, config, policy, x, w, k_value)
 
 
-MAGNITUDE_CASES = [(m, r) for m in sphere_ops.MAGNITUDES if m != "none"
-                   for r in (["batch_mean", "learned", 2.0] if m in sphere_ops.MAGNITUDES_WITH_RHO
+MAGNITUDE_CASES = [(m, r) for m in portable_ops.MAGNITUDES if m != "none"
+                   for r in (["batch_mean", "learned", 2.0] if m in portable_ops.MAGNITUDES_WITH_RHO
                              else ["batch_mean"])]
 
 
@@ -242,10 +242,10 @@ def test_the_rescaled_filter_keeps_every_bit():
     rng = np.random.RandomState(3)
     x = tf.constant(rng.standard_normal((2, 6, 6, 3)).astype(np.float32) * 30)
     w = tf.constant(rng.standard_normal((3, 3, 3, 4)).astype(np.float32) * 0.2)
-    np.testing.assert_array_equal(sphere_ops.kernel_scale(w).numpy().ravel(),
+    np.testing.assert_array_equal(portable_ops.kernel_scale(w).numpy().ravel(),
                                   2.0 ** np.ceil(np.log2(np.abs(w.numpy()).max(axis=(0, 1, 2)))))
-    assert sphere_ops.kernel_scale(tf.zeros((1, 1, 3, 1))).numpy().item() == 1.0
-    assert sphere_ops.kernel_scale(tf.fill((1, 1, 1, 1), 3e20)).numpy().item() == 2.0**69
+    assert portable_ops.kernel_scale(tf.zeros((1, 1, 3, 1))).numpy().item() == 1.0
+    assert portable_ops.kernel_scale(tf.fill((1, 1, 1, 1), 3e20)).numpy().item() == 2.0**69
     for norm, w_norm in VARIANTS:
         if (norm, w_norm) == ("none", "none"):
             continue
@@ -256,9 +256,9 @@ def test_the_rescaled_filter_keeps_every_bit():
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
             got = layer(x)
-            plain = sphere_ops.sphere_response(tf.nn.conv2d(x, layer.kernel, 1, "SAME"),
+            plain = formulas.sphere_response(tf.nn.conv2d(x, layer.kernel, 1, "SAME"),
                                                sphere_ops.patch_norm(x, (3, 3)),
-                                               sphere_ops.filter_norm(layer.kernel), norm, w_norm, k)
+                                               portable_ops.filter_norm(layer.kernel), norm, w_norm, k)
             losses = [tf.reduce_sum(t * t) for t in (got, plain)]
         grads = zip(tape.gradient(losses[0], [x, layer.kernel]),
                     tape.gradient(losses[1], [x, layer.kernel]))

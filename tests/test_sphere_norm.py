@@ -12,7 +12,7 @@ import tensorflow as tf
 from support import numpy_beyond as ref
 from support.repo import load_module
 from support.fake_cifar import synthetic_images
-from spherenet_tf import SphereConv2D, sphere_ops
+from spherenet_tf import SphereConv2D, portable_ops, sphere_ops
 from spherenet_tf.models import build_cnn9, build_resnet32
 from spherenet_tf.sphere_norm import SphereNorm2D, UnitInterval
 from spherenet_tf.training import Settings, Trainer
@@ -40,7 +40,7 @@ def test_initial_value_is_exactly_the_cosine_sphereconv():
     np.testing.assert_array_equal(layer.alpha.numpy(), np.zeros(6, np.float32))
     # exactly the cosine SphereConv's formula, conv / |x| / |W| in the original's order ...
     conv = tf.nn.conv2d(x, layer.kernel, 2, "SAME")
-    cosine = conv / sphere_ops.patch_norm(x, (3, 3), (2, 2)) / sphere_ops.filter_norm(layer.kernel)
+    cosine = conv / sphere_ops.patch_norm(x, (3, 3), (2, 2)) / portable_ops.filter_norm(layer.kernel)
     np.testing.assert_array_equal(y, cosine.numpy())
     # ... which SphereConv2D's fast path (unit filters) gives up to float32 rounding
     sphere = SphereConv2D(6, 3, strides=2, norm="cosine")

@@ -14,7 +14,7 @@ import math
 from .. import cifar10_input
 from ..ga_softmax import G_FUNCTIONS, LOSSES
 from ..messages import closest
-from ..sphere_ops import NORMS, W_NORMS
+from ..formulas import NORMS, W_NORMS
 from .distribution import PRECISIONS, STRATEGIES
 
 PROGRESS = ("auto", "on", "off")
