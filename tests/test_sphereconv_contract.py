@@ -163,3 +163,22 @@ def test_gradients_reach_every_weight():
         for v, g in zip(layer.trainable_weights, grads):
             assert g is not None and np.isfinite(g.numpy()).all(), (norm, w_norm, v.name)
             assert np.abs(g.numpy()).max() > 0, (norm, w_norm, v.name)
+
+
+def test_formulation_is_not_saved(tmp_path):
+    """How a layer computes is not part of the model: a .keras file saved from a
+    'portable' layer has no `formulation` in its config and loads with the default."""
+    import json
+    import zipfile
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, SphereConv2D(4, 3, norm="sigmoid", formulation="portable")(inputs))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        config = z.read("config.json").decode()
+    assert "formulation" not in config and "sigmoid" in config
+    loaded = keras.saving.load_model(path)
+    assert loaded.layers[-1].formulation == "fast"
+    x = np.random.RandomState(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
