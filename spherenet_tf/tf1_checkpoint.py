@@ -20,7 +20,8 @@ optimizer is given, in which case its slots and step count are restored too, so 
 training continues where the original stopped.  It validates everything before it
 assigns anything, and refuses a checkpoint that does not fit the model with one error
 naming every missing, unexpected and mis-shaped variable and saying what the
-checkpoint seems to be.
+checkpoint seems to be.  The Adam part (the step count from the beta powers, the Keras
+slot of each variable) is `tf1_adam`'s.
 
 A checkpoint does not record the SphereConv type (`norm`, `w_norm`) or whether the
 network was the baseline: SphereNet-9 with any non-learnable `norm` and the baseline
@@ -29,24 +30,18 @@ the checkpoint was trained as (`convert_tf1_checkpoint.py --model ...`).
 """
 
 import dataclasses
-import math
 import os
 import re
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from .tf1_adam import (  # noqa: F401  (adam_steps_from_powers: part of this module's API)
+    BETA_POWERS, AdamStateError, adam_steps_from_powers, keras_adam, match_adam_state,
+)
+from .tf1_adam import format_shape as _format_shape
+from .tf1_adam import is_optimizer_state as _is_optimizer_state
 from .tf1_names import tf1_variables
-
-#: Slot names of tf.train.AdamOptimizer: `<var>/Adam` is m, `<var>/Adam_1` is v.
-ADAM_SLOTS = ("Adam", "Adam_1")
-#: Adam's accumulated beta powers (one scalar each for the whole graph).
-BETA_POWERS = ("beta1_power", "beta2_power")
-#: tf.train.AdamOptimizer defaults, which the original used; the powers are products
-#: of these float32 values.
-TF1_BETA_1 = np.float32(0.9)
-TF1_BETA_2 = np.float32(0.999)
 #: Key present in every object-based (TF2, `tf.train.Checkpoint`) checkpoint and in no
 #: TF1 `Saver` checkpoint.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -186,10 +181,6 @@ def read_tf1_checkpoint(path):
 # ---------------------------------------------------------------------------
 # What a checkpoint (or a model) looks like
 # ---------------------------------------------------------------------------
-def _is_optimizer_state(name):
-    return name in BETA_POWERS or name.rsplit("/", 1)[-1] in ADAM_SLOTS
-
-
 def _last(shapes, name):
     shape = shapes.get(name)
     return shape[-1] if shape else None
@@ -259,41 +250,6 @@ def converter_flags(shapes):
     return " ".join(flags)
 
 
-# ---------------------------------------------------------------------------
-# Adam's step count from beta1_power / beta2_power
-# ---------------------------------------------------------------------------
-def adam_steps_from_powers(beta1_power=None, beta2_power=None):
-    """Adam steps t a TF1 checkpoint was saved after, from its beta powers.
-
-    TF1's Adam starts `beta{1,2}_power` at beta and multiplies them by beta (in float32)
-    after every step, so after t steps they hold beta^(t+1) as rounded by t float32
-    multiplications.  beta1_power underflows to 0 after about 1,000 steps, beta2_power
-    only after about 100,000 (0.999^64001 = 1.6e-28), so beta2_power is the one to read.
-    The float32 sequence is replayed to find t exactly; if the value is not on it (other
-    betas), the nearest t by logarithms is returned.  Returns (t, exact) or (None, False).
-    """
-    for power, beta in ((beta2_power, TF1_BETA_2), (beta1_power, TF1_BETA_1)):
-        if power is None:
-            continue
-        power = np.float32(power)
-        if not (0 < power <= beta):
-            continue
-        value, t = beta, 0
-        while value > power and t < 10_000_000:
-            value = np.float32(value * beta)
-            t += 1
-        if value == power:
-            if beta is TF1_BETA_2 and beta1_power is not None and np.float32(beta1_power) > 0:
-                # beta1_power is exact for small t; both must agree.
-                steps1, exact1 = adam_steps_from_powers(beta1_power=beta1_power)
-                if exact1 and steps1 != t:
-                    return None, False
-            return t, True
-        estimate = round(math.log(float(power)) / math.log(float(beta))) - 1
-        return max(estimate, 0), False
-    return None, False
-
-
 def _iteration_from_name(prefix):
     base = os.path.basename(prefix)
     match = re.fullmatch(r"(?:.*-)?(\d+)", base)
@@ -303,23 +259,6 @@ def _iteration_from_name(prefix):
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
-def _adam_of(optimizer, model):
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    if not isinstance(inner, keras.optimizers.Adam) or getattr(inner, "amsgrad", False):
-        raise TF1CheckpointError(
-            "The original trained with tf.train.AdamOptimizer, so only a "
-            "keras.optimizers.Adam (amsgrad=False) can take its state. Received: "
-            f"optimizer={type(optimizer).__name__}. Pass optimizer=None to load the weights only."
-        )
-    if not inner.built:
-        inner.build(model.trainable_variables)
-    return inner
-
-
-def _format_shape(shape):
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
 def load_tf1_checkpoint(model, path, optimizer=None):
     """Load a checkpoint written by the original TF1 code into `model`.
 
@@ -346,7 +285,10 @@ def load_tf1_checkpoint(model, path, optimizer=None):
     """
     prefix, reader, shapes, dtypes = read_tf1_checkpoint(path)
     targets = tf1_variables(model)
-    adam = _adam_of(optimizer, model) if optimizer is not None else None
+    try:
+        adam = keras_adam(optimizer, model) if optimizer is not None else None
+    except AdamStateError as e:
+        raise TF1CheckpointError(str(e)) from None
 
     missing, misshaped, assignments = [], [], []
     for name, variable in targets.items():
@@ -369,45 +311,13 @@ def load_tf1_checkpoint(model, path, optimizer=None):
                 continue  # Adam state of a variable reported (or loaded) on its own
         unexpected.append(f"{name} {_format_shape(shapes[name])}")
 
-    optimizer_assignments = []
-    steps, exact = None, False
+    optimizer_assignments, steps, exact = [], None, False
     if adam is not None:
-        trainable = {id(v): n for n, v in targets.items()}
-        for variable in model.trainable_variables:
-            name = trainable.get(id(variable))
-            if name is None:
-                raise TF1CheckpointError(
-                    f"Trainable variable {variable.path} of model {model.name!r} has no "
-                    "counterpart in the original, so its Adam state cannot be restored."
-                )
-            try:
-                index = adam._get_variable_index(variable)
-            except KeyError:
-                raise TF1CheckpointError(
-                    f"The optimizer was built for other variables than model {model.name!r}'s "
-                    f"(it does not know {variable.path}). Build it with "
-                    "optimizer.build(model.trainable_variables)."
-                ) from None
-            for slot, slots in zip(ADAM_SLOTS, (adam._momentums, adam._velocities)):
-                key = f"{name}/{slot}"
-                if name not in shapes or shapes[name] != tuple(variable.shape):
-                    continue  # already reported
-                if key not in shapes:
-                    missing.append(f"{key} {_format_shape(variable.shape)} (Adam state)")
-                elif shapes[key] != tuple(variable.shape):
-                    misshaped.append(f"{key}: checkpoint {_format_shape(shapes[key])}, "
-                                     f"model {_format_shape(variable.shape)}")
-                else:
-                    optimizer_assignments.append((key, slots[index]))
-        absent = [p for p in BETA_POWERS if p not in shapes]
-        if absent:
-            missing.extend(f"{p} [] (Adam state)" for p in absent)
-        else:
-            steps, exact = adam_steps_from_powers(reader.get_tensor("beta1_power"),
-                                                  reader.get_tensor("beta2_power"))
-            if steps is None:
-                missing.append("beta1_power/beta2_power: not powers of Adam's default betas "
-                               "(0.9, 0.999), so the step count is unknown")
+        try:
+            optimizer_assignments, steps, exact = match_adam_state(
+                adam, model, targets, shapes, reader, missing, misshaped)
+        except AdamStateError as e:
+            raise TF1CheckpointError(str(e)) from None
 
     if missing or unexpected or misshaped:
         raise TF1CheckpointError(_mismatch_message(model, prefix, shapes, targets, missing,
