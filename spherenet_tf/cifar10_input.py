@@ -52,7 +52,6 @@ DATASETS = {
     "cifar100": Dataset("cifar100", "CIFAR-100", 100, 2, 20, ("train.bin",), "test.bin",
                         "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
 }
-NUM_CLASSES = DATASETS["cifar10"].n_class
 RECORD_BYTES = 1 + IMAGE_BYTES  # CIFAR-10: label byte + depth-major 3x32x32 image
 TRAIN_FILES = list(DATASETS["cifar10"].train_files)
 TEST_FILE = DATASETS["cifar10"].test_file
@@ -229,11 +228,6 @@ def load_dataset(data_path, dataset="cifar10", download=True):
                 f"{len(labels)} labels; expected [N, 32, 32, 3] images with one label each."
             )
     return train, test
-
-
-def load_cifar10(data_path, download=True):
-    """CIFAR-10 (`load_dataset(data_path, "cifar10")`)."""
-    return load_dataset(data_path, "cifar10", download)
 
 
 # ---------------------------------------------------------------------------

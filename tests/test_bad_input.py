@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from support.repo import REPORT, TINY, load_module, script_env
-from support.fake_cifar import write_tfds_cifar
+from support.fake_cifar import load_cifar10, write_tfds_cifar
 from spherenet_tf import cifar10_input as ci
 from spherenet_tf import training
 from spherenet_tf.checks import InputError, check_dataset, check_images, check_labels, check_tf_config
@@ -220,7 +220,7 @@ def test_truncated_binary_file_through_the_command_line(binary_dir, tmp_path, ca
 @pytest.mark.parametrize("damage", ["truncated shard", "corrupt metadata"])
 def test_corrupt_tensorflow_datasets_copy(tmp_path, damage):
     version_dir = write_tfds_cifar(str(tmp_path))
-    (train_x, _), (test_x, _) = ci.load_cifar10(str(tmp_path), download=False)
+    (train_x, _), (test_x, _) = load_cifar10(str(tmp_path), download=False)
     assert train_x.shape == (40, 32, 32, 3) and test_x.shape == (20, 32, 32, 3)  # the copy is readable
     if damage == "truncated shard":
         shard = os.path.join(version_dir, "cifar10-train.tfrecord-00000-of-00001")
@@ -235,7 +235,7 @@ def test_corrupt_tensorflow_datasets_copy(tmp_path, damage):
         pattern = r"is corrupt or incomplete \(ParseError: .*Failed to load JSON"
     with pytest.raises(ci.DatasetError, match=pattern + r".*\)\. Delete .*cifar10 and prepare it "
                                               r"again: Run `\./dataset_setup\.sh ") as e:
-        ci.load_cifar10(str(tmp_path), download=True)  # never downloads over a damaged copy
+        load_cifar10(str(tmp_path), download=True)  # never downloads over a damaged copy
     _record(f"tfds copy: {damage}", e.value)
 
 
@@ -262,5 +262,5 @@ def test_unwritable_model_file(tmp_path):
 def test_mock_tfds_still_loads(tmp_path):
     """The damaged-copy handling leaves the missing-data path (and tfds mocks) alone."""
     with tfds.testing.mock_data(num_examples=12):
-        (train_x, _), _ = ci.load_cifar10(str(tmp_path), download=False)
+        (train_x, _), _ = load_cifar10(str(tmp_path), download=False)
     assert train_x.shape == (12, 32, 32, 3)

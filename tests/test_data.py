@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from support.fake_cifar import records, synthetic_images
+from support.fake_cifar import TRAIN_FILES, load_cifar10, records, synthetic_images
 from spherenet_tf import cifar10_input as ci
 
 
@@ -30,7 +30,7 @@ def test_decodes_a_known_record_exactly(tmp_path):
 
 
 def test_reads_the_originals_binary_files(binary_dir):
-    (train_x, train_y), (test_x, test_y) = ci.load_cifar10(binary_dir, download=False)
+    (train_x, train_y), (test_x, test_y) = load_cifar10(binary_dir, download=False)
     assert train_x.shape == (50000, 32, 32, 3) and test_x.shape == (10000, 32, 32, 3)
     assert train_y.dtype == np.int32 and set(np.unique(train_y)) == set(range(10))
     # the first training record is the first record of data_batch_1.bin
@@ -50,7 +50,7 @@ def test_truncated_file_is_named(binary_dir, tmp_path):
         (bad / "data_batch_3.bin").write_bytes(f.read(ci.RECORD_BYTES * 100 + 17))
     with pytest.raises(ci.DatasetError, match=r"data_batch_3\.bin is truncated.*not a multiple of "
                                               r"the 3073-byte record.*dataset_setup\.sh"):
-        ci.load_cifar10(str(bad), download=False)
+        load_cifar10(str(bad), download=False)
 
 
 def test_binary_files_of_any_whole_record_count_are_read(tmp_path, capsys):
@@ -60,12 +60,12 @@ def test_binary_files_of_any_whole_record_count_are_read(tmp_path, capsys):
     refused them before)."""
     rng = np.random.RandomState(0)
     content = {}
-    for name, n in [(f, 200) for f in ci.TRAIN_FILES] + [(ci.TEST_FILE, 100)]:
+    for name, n in [(f, 200) for f in TRAIN_FILES] + [(ci.TEST_FILE, 100)]:
         images = rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8)
         labels = rng.randint(0, 10, n)
         (tmp_path / name).write_bytes(records(images, labels))
         content[name] = (images, labels)
-    (train_x, train_y), (test_x, test_y) = ci.load_cifar10(str(tmp_path), download=False)
+    (train_x, train_y), (test_x, test_y) = load_cifar10(str(tmp_path), download=False)
     assert train_x.shape == (1000, 32, 32, 3) and test_x.shape == (100, 32, 32, 3)
     np.testing.assert_array_equal(train_x[200:400], content["data_batch_2.bin"][0])
     np.testing.assert_array_equal(test_y, content[ci.TEST_FILE][1])
@@ -82,20 +82,20 @@ def test_wrong_label_and_missing_file_are_named(tmp_path):
         ci.read_binary_file(str(tmp_path / "data_batch_1.bin"))
     with pytest.raises(ci.DatasetError, match=r"not data_batch_2\.bin, data_batch_3\.bin, "
                                               r"data_batch_4\.bin, data_batch_5\.bin, test_batch\.bin"):
-        ci.load_cifar10(str(tmp_path), download=False)
+        load_cifar10(str(tmp_path), download=False)
 
 
 def test_offline_without_data_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setattr(ci, "_network_reachable", lambda *a, **k: False)
     with pytest.raises(ci.DatasetError, match=r"cannot be reached\. Run `\./dataset_setup\.sh "):
-        ci.load_cifar10(str(tmp_path / "empty"), download=True)
+        load_cifar10(str(tmp_path / "empty"), download=True)
     with pytest.raises(ci.DatasetError, match=r"No CIFAR-10 data in .*dataset_setup\.sh"):
-        ci.load_cifar10(str(tmp_path / "empty"), download=False)
+        load_cifar10(str(tmp_path / "empty"), download=False)
 
 
 def test_tfds_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=24):
-        (train_x, train_y), (test_x, test_y) = ci.load_cifar10(str(tmp_path), download=False)
+        (train_x, train_y), (test_x, test_y) = load_cifar10(str(tmp_path), download=False)
     assert train_x.shape == (24, 32, 32, 3) and train_x.dtype == np.uint8
     assert test_x.shape == (24, 32, 32, 3) and test_y.dtype == np.int32
     ds = ci.train_dataset(train_x, train_y, 8, seed=1)

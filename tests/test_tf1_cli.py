@@ -9,8 +9,9 @@ import tensorflow_datasets as tfds
 
 from support.repo import REPO, load_module, original_checkpoint
 from support.golden_rules import check, load_npz
+from support.fake_cifar import load_cifar10
 from support.tf1_writer import tf1_adam_powers, write_tf1_checkpoint
-from spherenet_tf import cifar10_input, training
+from spherenet_tf import training
 from spherenet_tf.models import build_cnn9
 from spherenet_tf.tf1_checkpoint import load_tf1_checkpoint
 from spherenet_tf.tf1_names import tf1_variables
@@ -43,7 +44,7 @@ def trained_like(tmp_path_factory):
 
 
 def _mock_test_set(data_path):
-    (_, _), (x, y) = cifar10_input.load_cifar10(data_path, download=False)
+    (_, _), (x, y) = load_cifar10(data_path, download=False)
     return x, y
 
 

@@ -6,7 +6,15 @@ import os
 
 import numpy as np
 
-from spherenet_tf.cifar10_input import RECORD_BYTES, TEST_FILE, TRAIN_FILES
+from spherenet_tf.cifar10_input import DATASETS, RECORD_BYTES, TEST_FILE, load_dataset
+
+#: CIFAR-10's five training files (binary format).
+TRAIN_FILES = list(DATASETS["cifar10"].train_files)
+
+
+def load_cifar10(data_path, download=True):
+    """CIFAR-10 from `data_path` as the training scripts read it (`load_dataset`)."""
+    return load_dataset(data_path, "cifar10", download)
 
 
 def synthetic_images(labels, seed):
