@@ -2,8 +2,8 @@
 
     cd tests && python -m support.slips                  # every slip, on the guard modules
     cd tests && python -m support.slips --list           # the slips, without running anything
-    cd tests && python -m support.slips --only adam_epsilon lr_drop_34000
-    cd tests && python -m support.slips --whole-suite adam_epsilon   # the default suite instead
+    cd tests && python -m support.slips --only adam_epsilon_1e-8 lr_drop_34000
+    cd tests && python -m support.slips --whole-suite adam_epsilon_1e-8   # the default suite instead
 
 Issue 23: a port goes wrong in small ways (a constant copied wrong, a schedule off by one
 boundary, a format with one digit fewer, the wrong padding), and every number the port
@@ -249,7 +249,9 @@ def main(argv=None):
     unknown = [n for n in (args.only or []) + args.whole_suite if n not in by_name]
     if unknown:
         raise SystemExit(f"unknown slip(s) {', '.join(unknown)}; --list shows them")
-    runs = [(by_name[n], False) for n in (args.only if args.only is not None else by_name)]
+    # --whole-suite alone runs only those; --only picks the guard-module runs
+    guard_runs = args.only if args.only is not None else ([] if args.whole_suite else list(by_name))
+    runs = [(by_name[n], False) for n in guard_runs]
     runs += [(by_name[n], True) for n in args.whole_suite]
     if args.baseline:
         runs.insert(0, (None, False))
