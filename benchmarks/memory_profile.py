@@ -2,8 +2,8 @@
 
     python benchmarks/memory_profile.py --models spherenet9,baseline_cnn [--batch 32] [--inter_op 0]
 
-Each model runs one training step (`train_step_bench.make_step`: forward, loss2 + weight
-decay + orthogonality, gradients, Adam) in a fresh process under the TF profiler, with
+Each model runs one training step (`train_step_bench.make_step`: the training scripts'
+step, forward, loss2 + weight decay + orthogonality, gradients, Adam) in a fresh process under the TF profiler, with
 TensorFlow's BFC allocator on the CPU.  The allocator reports every allocation and
 deallocation (op, shape, address, bytes in use after it), so the step's memory
 timeline is exact: this prints the peak above what was held before the step, the op

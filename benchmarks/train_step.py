@@ -2,9 +2,11 @@
 
     python benchmarks/train_step.py [--batch 32] [--repeats 7] [--models ...] [--memory]
 
-Each step is the training loop's: forward in training mode, loss2 + weight decay +
-orthogonality, gradients, an Adam update, compiled as one tf.function.  Steps of all
-models are timed side by side (interleaved repetitions, median).  `spherenet9_original`
+Each step is the one the training scripts run (`ClassificationTask.train_step`, via
+`train_step_bench`): the next batch of the training stream, forward in training mode,
+loss2 + weight decay + orthogonality, gradients, the NaN/Inf guard, the original's Adam;
+the networks are the models' own table (`build_original`).  Steps of all models are
+timed side by side (interleaved repetitions, median).  `spherenet9_original`
 is SphereNet-9 with the original formulation of SphereConv (ones-kernel patch norm,
 autodiff through every division and angle).  `--memory` measures, for each model in a
 fresh process, the peak allocator memory (BFC allocator statistics) during one training

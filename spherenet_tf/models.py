@@ -216,12 +216,18 @@ ORIGINAL_NETWORKS = {
 }
 
 
-def build_original(name, n_class=10):
+def build_original(network, n_class=10, **overrides):
     """One of the original's four networks by name (`ORIGINAL_NETWORKS`), with its
-    scripts' settings: logits [B, n_class] of float images 0..255."""
-    if name not in ORIGINAL_NETWORKS:
+    scripts' settings: logits [B, n_class] of float images 0..255, a model named after
+    the network.
+
+    `overrides` replace settings or pass other options of the builder, e.g. a variant
+    of SphereNet-9 for the benchmarks: `build_original("spherenet9", norm="linear",
+    name="spherenet9_linear")`.
+    """
+    if network not in ORIGINAL_NETWORKS:
         raise ValueError(
-            f"Unknown network {name!r}. Allowed values are: {', '.join(map(repr, ORIGINAL_NETWORKS))}."
+            f"Unknown network {network!r}. Allowed values are: {', '.join(map(repr, ORIGINAL_NETWORKS))}."
         )
-    builder, settings = ORIGINAL_NETWORKS[name]
-    return builder(n_class, name=name, **settings)
+    builder, settings = ORIGINAL_NETWORKS[network]
+    return builder(n_class, **{"name": network, **settings, **overrides})
