@@ -254,20 +254,17 @@ def time_training(name, mixed_precision, batch, steps):
     labels = rng.randint(0, 10, 2 * batch).astype(np.int32)
     settings = Settings(batch_sz=batch, batch_test=batch, mixed_precision=mixed_precision,
                         progress="off", tensorboard="off", download=False)
-    previous = keras.config.dtype_policy()
-    try:
+    with _Policy(choose_precision(mixed_precision)[0], exact=False):  # the model's dtypes
         task = ClassificationTask(settings, lambda s: build_original(name),
                                   tf.distribute.get_strategy(),
                                   data=((images, labels), (images[:batch], labels[:batch])))
-        iterator = task.train_iterator(0)
-        for _ in range(2):  # traces and compiles
-            float(task.train_step(iterator)[0])
-        start = time.perf_counter()
-        for _ in range(steps):
-            float(task.train_step(iterator)[0])  # waits for the step
-        return batch * steps / (time.perf_counter() - start)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    iterator = task.train_iterator(0)
+    for _ in range(2):  # traces and compiles
+        float(task.train_step(iterator)[0])
+    start = time.perf_counter()
+    for _ in range(steps):
+        float(task.train_step(iterator)[0])  # waits for the step
+    return batch * steps / (time.perf_counter() - start)
 
 
 def run_checks(golden, mixed_precision="auto", timing=True, batch=128, steps=20):

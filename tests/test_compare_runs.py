@@ -14,7 +14,8 @@ import pytest
 
 from support.repo import REPO, load_module
 from support.fake_cifar import synthetic_images
-from spherenet_tf.training import Settings, Trainer
+from support.runs import script_trainer
+from spherenet_tf.training import Settings
 
 # The original README's table: log -> (best test accuracy %, accuracy % at iteration 64000)
 ORIGINAL_README = {
@@ -143,7 +144,7 @@ def test_a_short_port_run_reads_back_as_its_metrics(compare, tmp_path, capsys):
     s = Settings(max_epoch=4, batch_sz=4, batch_test=10, log_every=1, eval_every=2,
                  save_every=1000, checkpoint_every=1000, model_file=str(run_dir) + "/",
                  progress="off")
-    Trainer(s, module.build_model, data=_synthetic()).fit()
+    script_trainer(s, module.build_model, data=_synthetic()).fit()
     capsys.readouterr()
     run = compare.parse_log(str(run_dir / "training.log"))
     assert run.label == "port_run"  # 'training' says nothing: the folder names the run

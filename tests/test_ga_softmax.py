@@ -19,7 +19,8 @@ from spherenet_tf.ga_softmax import (
     G_FUNCTIONS, GASoftmaxScore, margin_forward, margin_logits, psi)
 from spherenet_tf.losses import Loss2, loss2
 from spherenet_tf.models import build_cnn9, feature_model
-from spherenet_tf.training import Settings, Trainer, TrainingError, parse_settings
+from support.runs import script_trainer
+from spherenet_tf.training import Settings, TrainingError, parse_settings
 
 MARGINS = [1.0, 1.5, 2.0, 3.0, 4.0]
 
@@ -158,7 +159,7 @@ def test_training_step_uses_the_margin_loss(tmp_path):
     (recomputed in NumPy from a copy of the initial model)."""
     s = Settings(max_epoch=0, batch_sz=16, batch_test=50, w_norm="linear", loss="ga_softmax",
                  margin=1.5, model_file=str(tmp_path) + "/", progress="off")
-    trainer = Trainer(s, _small, data=_data())
+    trainer = script_trainer(s, _small, data=_data())
     initial = keras.models.clone_model(trainer.model)
     initial.set_weights(trainer.model.get_weights())
     images, labels = next(iter(cifar10_input.train_dataset(
@@ -179,7 +180,7 @@ def test_margin_one_trains_exactly_like_the_weight_normalised_softmax(tmp_path):
         s = Settings(max_epoch=4, batch_sz=16, batch_test=50, log_every=1, eval_every=4,
                      save_every=1000, checkpoint_every=1000, w_norm="cosine",
                      model_file=str(tmp_path / name) + "/", progress="off", **extra)
-        trainer = Trainer(s, _small, data=_data())
+        trainer = script_trainer(s, _small, data=_data())
         trainer.fit()
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return [json.loads(l) for l in lines], trainer.model.get_weights()
@@ -234,4 +235,4 @@ def test_trainer_rejects_a_model_without_a_sphere_score(tmp_path):
     s = Settings(max_epoch=0, batch_sz=16, batch_test=50, w_norm="cosine", loss="ga_softmax",
                  model_file=str(tmp_path) + "/", progress="off")
     with pytest.raises(TrainingError, match=r"SphereConv2D layer named 'score'"):
-        Trainer(s, plain, data=_data())
+        script_trainer(s, plain, data=_data())

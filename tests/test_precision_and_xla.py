@@ -17,7 +17,8 @@ from support.fake_cifar import synthetic_images
 from support.tolerances import FIRST_STEP_TOL, LATER_TOL
 from spherenet_tf import SphereConv2D
 from spherenet_tf.selfcheck import MIXED_TOL
-from spherenet_tf.training import Settings, Trainer, precision_policy
+from support.runs import script_trainer
+from spherenet_tf.training import Settings, precision_policy
 
 NORMS = ["linear", "cosine", "sigmoid", "lr_sigmoid"]
 # relative to the largest magnitude: float16 keeps 11 bits, bfloat16 8 (the self-check
@@ -91,7 +92,7 @@ def _train(tmp_path, name, **overrides):
     s = Settings(max_epoch=4, batch_sz=16, batch_test=40, log_every=1, eval_every=1000,
                  save_every=1000, checkpoint_every=1000, model_file=str(tmp_path / name) + "/",
                  progress="off", norm="linear", **overrides)
-    trainer = Trainer(s, module.build_model, data=data)
+    trainer = script_trainer(s, module.build_model, data=data)
     trainer.fit()
     keras.mixed_precision.set_global_policy("float32")
     return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

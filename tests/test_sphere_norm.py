@@ -15,7 +15,8 @@ from support.fake_cifar import synthetic_images
 from spherenet_tf import SphereConv2D, portable_ops, sphere_ops
 from spherenet_tf.models import build_cnn9, build_resnet32
 from spherenet_tf.sphere_norm import SphereNorm2D, UnitInterval
-from spherenet_tf.training import Settings, Trainer
+from support.runs import script_trainer
+from spherenet_tf.training import Settings
 
 
 def _input(seed=0, shape=(2, 9, 9, 5), scale=2.0):
@@ -157,7 +158,7 @@ def test_spherenet9_trains_with_sphere_norm_and_no_batchnorm(tmp_path):
     s = Settings(max_epoch=30, batch_sz=16, batch_test=50, log_every=10, eval_every=30,
                  save_every=1000, checkpoint_every=1000, model_file=str(tmp_path) + "/",
                  progress="off")
-    trainer = Trainer(s, lambda s: build_cnn9(widths=(8, 8, 8), sphere_norm=True, bn=False),
+    trainer = script_trainer(s, lambda s: build_cnn9(widths=(8, 8, 8), sphere_norm=True, bn=False),
                       data=data)
     test_acc = trainer.fit()
     metrics = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -21,7 +21,7 @@ which the original copied into each folder.  One module per job:
 
 from .checkpoints import FINAL_MODEL, RESUME_DIR, SETTINGS_FILE
 from .cli import main, parse_settings
-from .distribution import PRECISIONS, choose_precision, make_strategy, precision_policy
+from .distribution import PRECISIONS, choose_precision, make_strategy, precision_policy, set_process_state
 from .errors import EXIT_ERROR, EXIT_RESTART, TrainingError, WorkerLost
 from .loop import Trainer
 from .runlog import LOG_LINE, LOG_LINE_NO_ORTH, TEST_LINE, RunLog, parse_line
@@ -34,5 +34,5 @@ __all__ = [
     "LOG_LINE_NO_ORTH", "LR_BOUNDARIES", "OriginalSchedule", "RESUME_DIR", "RunLog",
     "SETTINGS_FILE", "Settings", "TEST_LINE", "Trainer", "TrainingError", "WorkerLost", "main",
     "PRECISIONS", "choose_precision", "make_strategy", "parse_line", "parse_settings",
-    "precision_policy",
+    "precision_policy", "set_process_state",
 ]

@@ -15,7 +15,7 @@ from .. import cifar10_input
 from ..checks import InputError
 from ..messages import closest
 from ..tf1_checkpoint import TF1CheckpointError, resolve_checkpoint_path
-from .distribution import configure_devices
+from .distribution import configure_devices, set_process_state
 from .errors import TrainingError, exit_code
 from .eval_only import run_eval_only
 from .loop import Trainer
@@ -166,6 +166,7 @@ def main(script_settings, build_model, script, argv=None, description=None):
         if settings.eval_only:
             run_eval_only(settings, build_model)
             return
+        set_process_state(settings)  # the policy, determinism and seeds of the run
         Trainer(settings, build_model, script=script).fit()
     except (TrainingError, cifar10_input.DatasetError, TF1CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)

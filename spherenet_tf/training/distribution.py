@@ -8,6 +8,7 @@ batch and the BatchNorm statistics of the original's single device.
 
 import os
 
+import keras
 import tensorflow as tf
 
 from ..checks import check_tf_config
@@ -87,6 +88,14 @@ def gpu_details():
     return out
 
 
+def precision_flag(mixed_precision):
+    """--mixed_precision's value of the boolean of earlier versions (and of Python
+    callers): True is 'auto', False 'off'; any other value is returned unchanged."""
+    if isinstance(mixed_precision, bool):
+        return "auto" if mixed_precision else "off"
+    return mixed_precision
+
+
 def choose_precision(mixed_precision, gpus=None):
     """(Keras dtype policy, the reason in words) of a run's --mixed_precision.
 
@@ -97,9 +106,8 @@ def choose_precision(mixed_precision, gpus=None):
     'float16' / 'bfloat16' force that dtype; 'off' is float32.  `gpus` defaults to the
     visible GPUs (`gpu_details`); with several, the slowest one decides.
     """
-    if mixed_precision is True:  # the boolean of earlier versions
-        mixed_precision = "auto"
-    if mixed_precision in (False, None, "off"):
+    mixed_precision = precision_flag(mixed_precision)
+    if mixed_precision in (None, "off"):
         return "float32", "--mixed_precision off"
     if mixed_precision not in PRECISIONS:
         raise ValueError(f"--mixed_precision {mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -129,3 +137,20 @@ def choose_precision(mixed_precision, gpus=None):
 def precision_policy(mixed_precision):
     """The Keras dtype policy of a run's --mixed_precision (see `choose_precision`)."""
     return choose_precision(mixed_precision)[0]
+
+
+def set_process_state(settings):
+    """What a run sets for the whole process: the Keras dtype policy of
+    --mixed_precision (`choose_precision`), TF's op determinism (--deterministic) and
+    the seeds of Python, NumPy and TF (--seed: the initial weights).
+
+    The command-line entry point (`cli.main`) calls it, before the `Trainer`; building a
+    `Trainer` or a `ClassificationTask` in a library changes none of these.  Code that
+    builds a run itself and wants the scripts' run calls it first.  Returns the policy.
+    """
+    policy, _ = choose_precision(settings.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(settings.seed)
+    return policy

@@ -27,21 +27,7 @@ from .checkpoints import RESUME_DIR
 from .errors import TrainingError
 from .resume import CheckpointUnreadable, checkpoint_number, latest_readable
 from .runlog import test_line
-from .task import count_correct
-
-
-def evaluate_accuracy(model, images, labels, batch_size):
-    """Fraction of the test images whose argmax logit is the label (eval-mode BN)."""
-
-    @tf.function
-    def correct_in(x, y):
-        return count_correct(model(x, training=False), y)
-
-    correct = total = 0
-    for x, y in cifar10_input.test_dataset(images, labels, batch_size):
-        correct += int(correct_in(x, y))
-        total += int(y.shape[0])
-    return correct / max(total, 1)
+from .task import evaluate_accuracy  # the task's evaluation loop, on one device
 
 
 def _load_port_checkpoint(model, model_file):

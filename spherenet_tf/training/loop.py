@@ -44,10 +44,9 @@ class Trainer:
     def __init__(self, settings, build_model, data=None, script=None):
         self.s = s = settings
         self.script = script
-        self.strategy = make_strategy(s.strategy, s.cpu_replicas)  # first: see make_strategy
-        if s.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(s.seed)
+        # first: see make_strategy.  The dtype policy, op determinism and the seeds are
+        # the process's, set by the command-line entry point (`set_process_state`).
+        self.strategy = make_strategy(s.strategy, s.cpu_replicas)
         self.is_chief, self.task_id = worker_role(self.strategy)
         self.progress = None
         if self.is_chief and (s.progress == "on" or (s.progress == "auto" and sys.stderr.isatty())):

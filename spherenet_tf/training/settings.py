@@ -15,7 +15,7 @@ from .. import cifar10_input
 from ..ga_softmax import G_FUNCTIONS, LOSSES
 from ..messages import closest
 from ..formulas import NORMS, W_NORMS
-from .distribution import PRECISIONS, STRATEGIES
+from .distribution import PRECISIONS, STRATEGIES, precision_flag
 
 PROGRESS = ("auto", "on", "off")
 
@@ -106,8 +106,7 @@ class Settings:
 
     def __post_init__(self):
         # the boolean --mixed_precision of earlier versions (and of Python callers)
-        if isinstance(self.mixed_precision, bool):
-            self.mixed_precision = "auto" if self.mixed_precision else "off"
+        self.mixed_precision = precision_flag(self.mixed_precision)
 
 
 #: The settings of the original scripts' block; the other fields are the port's options.

@@ -31,6 +31,41 @@ def count_correct(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32))
 
 
+def make_eval_step(model, strategy):
+    """The compiled eval step of `model` under `strategy`: (images, labels) -> (correct,
+    count), each summed over the replicas (eval-mode BatchNorm)."""
+
+    def replica_eval(images, labels):
+        logits = model(images, training=False)
+        return count_correct(logits, labels), tf.cast(tf.shape(labels)[0], tf.float32)
+
+    @tf.function
+    def eval_step(images, labels):
+        correct, count = strategy.run(replica_eval, args=(images, labels))
+        sum_ = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(sum_, correct, axis=None), strategy.reduce(sum_, count, axis=None)
+
+    return eval_step
+
+
+def accuracy_over(eval_step, batches):
+    """The evaluation loop (of a run's test line and of `--eval_only`): the fraction of
+    the images of `batches` whose argmax logit is the label."""
+    correct = total = 0.0
+    for images, labels in batches:
+        c, n = eval_step(images, labels)
+        correct += float(c)
+        total += float(n)
+    return correct / max(total, 1.0)
+
+
+def evaluate_accuracy(model, images, labels, batch_size):
+    """Accuracy of `model` on the test arrays in batches of `batch_size`, on one device
+    (the default strategy): `accuracy_over` of `make_eval_step`."""
+    eval_step = make_eval_step(model, tf.distribute.get_strategy())
+    return accuracy_over(eval_step, cifar10_input.test_dataset(images, labels, batch_size))
+
+
 class ClassificationTask:
     """Builds what a run trains and evaluates, under `strategy`.
 
@@ -47,7 +82,7 @@ class ClassificationTask:
         self.strategy = strategy
         self.n_replicas = strategy.num_replicas_in_sync
         self.precision_policy, self.precision_reason = choose_precision(s.mixed_precision)
-        keras.mixed_precision.set_global_policy(self.precision_policy)
+        self._check_policy()
         self._check_divisible()
         if data is None:
             data = cifar10_input.load_dataset(s.data_path, s.dataset, download=s.download)
@@ -71,7 +106,7 @@ class ClassificationTask:
         (self.train_x, self.train_y), (self.test_x, self.test_y) = data
         self.has_orth = has_orthogonality(self.model)
         self.train_step = self._build_train_step()
-        self._eval_step = self._build_eval_step()
+        self._eval_step = make_eval_step(self.model, strategy)
 
     @property
     def loss_scaled(self):
@@ -81,6 +116,20 @@ class ClassificationTask:
     def iteration(self):
         """Index of the next iteration to run (= Adam steps applied so far)."""
         return int(self.optimizer.iterations.numpy())
+
+    def _check_policy(self):
+        """The model is built under Keras's global dtype policy, which the command-line
+        entry point sets (`set_process_state`), not this constructor: it must be the one
+        the settings ask for (the loss scaling and the run's record follow them)."""
+        current = keras.config.dtype_policy().name
+        if current != self.precision_policy:
+            raise TrainingError(
+                f"the settings ask for the dtype policy {self.precision_policy} "
+                f"({self.precision_reason}) but Keras's global policy is {current}. The policy "
+                "is the process's: call spherenet_tf.training.set_process_state(settings) "
+                "before building the run (the training scripts' entry point does), or set "
+                "keras.mixed_precision.set_global_policy yourself."
+            )
 
     def _check_divisible(self):
         for name in ("batch_sz", "batch_test"):
@@ -162,21 +211,6 @@ class ClassificationTask:
 
         return train_step
 
-    def _build_eval_step(self):
-        strategy, model = self.strategy, self.model
-
-        def replica_eval(images, labels):
-            logits = model(images, training=False)
-            return count_correct(logits, labels), tf.cast(tf.shape(labels)[0], tf.float32)
-
-        @tf.function
-        def eval_step(images, labels):
-            correct, count = strategy.run(replica_eval, args=(images, labels))
-            sum_ = tf.distribute.ReduceOp.SUM
-            return strategy.reduce(sum_, correct, axis=None), strategy.reduce(sum_, count, axis=None)
-
-        return eval_step
-
     # -- the data --------------------------------------------------------------
     def train_iterator(self, start_iteration):
         """The global batches of iterations start_iteration, start_iteration + 1, ...,
@@ -207,12 +241,7 @@ class ClassificationTask:
 
     def evaluate(self):
         """Accuracy over the whole test set (the original's `test acc`)."""
-        correct = total = 0.0
-        for images, labels in self._test_dataset():
-            c, n = self._eval_step(images, labels)
-            correct += float(c)
-            total += float(n)
-        return correct / max(total, 1.0)
+        return accuracy_over(self._eval_step, self._test_dataset())
 
     # -- NaN / Inf -------------------------------------------------------------
     def nonfinite_report(self):

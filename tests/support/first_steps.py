@@ -12,10 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from spherenet_tf.training import Trainer, parse_settings
+from spherenet_tf.training import parse_settings
 from spherenet_tf.training.distribution import configure_devices
 
 from .repo import REPO, load_module
+from .runs import script_trainer
 
 
 def main(argv):
@@ -23,7 +24,7 @@ def main(argv):
     module = load_module("train_spherenet.py")
     settings = parse_settings(vars(module), module.__file__, args)
     configure_devices(settings)
-    trainer = Trainer(settings, module.build_model, script=str(REPO / "train_spherenet.py"))
+    trainer = script_trainer(settings, module.build_model, script=str(REPO / "train_spherenet.py"))
     iterator = trainer.task.train_iterator(0)
     steps = []
     for _ in range(n):

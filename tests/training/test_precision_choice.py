@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from support.repo import load_module
 from support.fake_cifar import synthetic_images
-from spherenet_tf.training import Settings, Trainer, choose_precision, parse_settings
+from support.runs import script_trainer
+from spherenet_tf.training import Settings, choose_precision, parse_settings
 
 
 def _mock_gpus(monkeypatch, *gpus):
@@ -103,7 +104,7 @@ def test_the_run_says_first_which_policy_it_uses_and_why(tmp_path, capsys, mode,
     s = Settings(max_epoch=1, batch_sz=8, batch_test=16, model_file=str(tmp_path) + "/",
                  progress="off", tensorboard="off", mixed_precision=mode)
     try:
-        Trainer(s, module.build_model, data=data).fit()
+        script_trainer(s, module.build_model, data=data).fit()
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     assert capsys.readouterr().err.splitlines()[0] == line

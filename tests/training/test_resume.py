@@ -15,7 +15,8 @@ import tensorflow as tf
 from support.fake_cifar import synthetic_images
 from spherenet_tf.models import build_cnn9
 from spherenet_tf.training.resume import CheckpointUnreadable, ResumeCheckpoints
-from spherenet_tf.training import SETTINGS_FILE, RunLog, Settings, Trainer, TrainingError
+from support.runs import script_trainer
+from spherenet_tf.training import SETTINGS_FILE, RunLog, Settings, TrainingError
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def _settings(tmp_path, **kw):
 
 
 def _trainer_with_checkpoints(tmp_path, numbers=(3, 6), widths=(8, 8, 16), name="tiny9", **kw):
-    trainer = Trainer(_settings(tmp_path, **kw), _tiny(widths, name), data=_data())
+    trainer = script_trainer(_settings(tmp_path, **kw), _tiny(widths, name), data=_data())
     for n in numbers:
         trainer.optimizer.iterations.assign(n)
         trainer.save_resume_checkpoint()
@@ -130,7 +131,7 @@ def test_trainer_resumes_from_the_newest_readable_checkpoint(tmp_path, capsys):
     first = _trainer_with_checkpoints(tmp_path)
     saved = first.model.get_layer("conv2_0").kernel.numpy()
     _truncate(str(tmp_path / "run" / "resume" / "ckpt-6.data-00000-of-00001"), 10)
-    again = Trainer(_settings(tmp_path), _tiny(), data=_data())
+    again = script_trainer(_settings(tmp_path), _tiny(), data=_data())
     assert again.restore_resume_state() == 3
     np.testing.assert_array_equal(again.model.get_layer("conv2_0").kernel.numpy(), saved)
     assert "ckpt-6 is unreadable" in capsys.readouterr().err
@@ -139,12 +140,12 @@ def test_trainer_resumes_from_the_newest_readable_checkpoint(tmp_path, capsys):
     with pytest.raises(TrainingError, match=r"no resume checkpoint in .*resume can be read \(.*ckpt-6: "
                                             r".*ckpt-3: .*\)\. They were damaged .* Start over with "
                                             r"--restart \(deletes them\), or use another --model_file\."):
-        Trainer(_settings(tmp_path), _tiny(), data=_data()).restore_resume_state()
+        script_trainer(_settings(tmp_path), _tiny(), data=_data()).restore_resume_state()
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     _trainer_with_checkpoints(tmp_path, numbers=(3,), widths=(8, 8, 16))
-    other = Trainer(_settings(tmp_path), _tiny(widths=(8, 8, 8)), data=_data())
+    other = script_trainer(_settings(tmp_path), _tiny(widths=(8, 8, 8)), data=_data())
     with pytest.raises(TrainingError, match=r"resume checkpoint .*ckpt-3 does not fit the model 'tiny9' "
                                             r"\(.*shape.*\): it was written by another model or other "
                                             r"settings\. Use another --model_file, or --restart"):
@@ -154,14 +155,14 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
 def test_other_settings_are_refused_with_the_differences(tmp_path):
     trainer = _trainer_with_checkpoints(tmp_path, numbers=(3,), name="tiny_a")
     (tmp_path / "run" / SETTINGS_FILE).write_text(json.dumps(trainer.settings_record()))
-    other = Trainer(_settings(tmp_path, lr=1e-4), _tiny(name="tiny_b"), data=_data())
+    other = script_trainer(_settings(tmp_path, lr=1e-4), _tiny(name="tiny_b"), data=_data())
     with pytest.raises(TrainingError, match=r"holds a run with other settings \(model: 'tiny_a' then, "
                                             r"'tiny_b' now; lr: 0\.001 then, 0\.0001 now\), so it cannot "
                                             r"be resumed with these\. Use another --model_file, or "
                                             r"--restart"):
         other.restore_resume_state()
     # --restart starts over and deletes the old checkpoints
-    restarted = Trainer(_settings(tmp_path, lr=1e-4, restart=True), _tiny(name="tiny_b"), data=_data())
+    restarted = script_trainer(_settings(tmp_path, lr=1e-4, restart=True), _tiny(name="tiny_b"), data=_data())
     assert restarted.restore_resume_state() == 0
     assert not list((tmp_path / "run" / "resume").glob("ckpt-*"))
 
@@ -170,7 +171,7 @@ def test_other_settings_are_refused_with_the_differences(tmp_path):
 # NaN in training: stop with the iteration and the layer, keep the last good checkpoint
 # ---------------------------------------------------------------------------
 def test_nan_in_a_layer_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    trainer = Trainer(_settings(tmp_path), _tiny(), data=_data())
+    trainer = script_trainer(_settings(tmp_path), _tiny(), data=_data())
     real_step = trainer.task.train_step
 
     def step_with_nan(iterator):  # a NaN appears in conv2_1's filter before iteration 7
@@ -201,7 +202,7 @@ def test_nan_in_a_layer_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_a_diverging_learning_rate_names_the_overflowing_weights(tmp_path):
-    trainer = Trainer(_settings(tmp_path, lr=1e30), _tiny(), data=_data())
+    trainer = script_trainer(_settings(tmp_path, lr=1e30), _tiny(), data=_data())
     with pytest.raises(TrainingError, match=r"the loss became non-finite at iteration 1 \(.*reg=inf.*\); "
                                             r"first layer concerned: conv1_0_bn/gamma \(its weight decay "
                                             r"overflows: weights too large, lower --lr\)\..* No checkpoint "
@@ -247,7 +248,7 @@ def test_a_baseline_run_records_no_norm_setting(tmp_path):
                        ["--model_file", str(tmp_path / "run"), "--max_epoch", "1", "--batch_sz", "8",
                         "--batch_test", "10", "--progress", "off"])
     assert (s.norm, s.w_norm) == (None, None)
-    trainer = Trainer(s, lambda s: build_cnn9(s.n_class, norm="none", reg=True, orth=False,
+    trainer = script_trainer(s, lambda s: build_cnn9(s.n_class, norm="none", reg=True, orth=False,
                                               widths=(8, 8, 16), name="tiny_baseline"), data=_data())
     trainer.fit()
     record = json.loads((tmp_path / "run" / SETTINGS_FILE).read_text())

@@ -9,10 +9,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from support.repo import load_module
-from support.fake_cifar import synthetic_images
+from support.fake_cifar import TRAIN_FILES, synthetic_images
 from support.lines import ORIGINAL_LINE, ORIGINAL_LINE_NO_ORTH, TEST_LINE, iterations
 from spherenet_tf import training
-from spherenet_tf.training import Settings, Trainer
+from support.runs import script_trainer
+from spherenet_tf.training import Settings
 
 
 def test_short_run_of_train_spherenet_on_mock_data(tmp_path, capsys):
@@ -52,7 +53,7 @@ def test_training_lowers_the_loss_and_learns(tmp_path, capsys):
     s = Settings(max_epoch=60, batch_sz=16, batch_test=50, log_every=10, eval_every=60,
                  save_every=1000, checkpoint_every=1000, model_file=str(tmp_path) + "/",
                  progress="off")
-    trainer = Trainer(s, module.build_model, data=_synthetic())
+    trainer = script_trainer(s, module.build_model, data=_synthetic())
     test_acc = trainer.fit()
     out = capsys.readouterr().out
     assert iterations(out, ORIGINAL_LINE) == [10, 20, 30, 40, 50, 60]
@@ -93,7 +94,7 @@ def test_a_100_iteration_run_on_binary_files_of_200_and_100_records(tmp_path):
     rng = np.random.RandomState(0)
     data = tmp_path / "data"
     data.mkdir()
-    for name, n in [(f, 200) for f in ci.TRAIN_FILES] + [(ci.TEST_FILE, 100)]:
+    for name, n in [(f, 200) for f in TRAIN_FILES] + [(ci.TEST_FILE, 100)]:
         labels = rng.randint(0, 10, n)
         (data / name).write_bytes(records(synthetic_images(labels, len(name)), labels))
     out = subprocess.run(
