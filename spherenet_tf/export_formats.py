@@ -7,14 +7,13 @@
   weights as int8 (dynamic-range quantisation).
 - ONNX: the same rewrite with Acos / Asin kept (ONNX has both), converted by tf2onnx.
 
-The `run_*` functions evaluate an exported file on float32 NHWC images with the format's
-own runtime (tf.saved_model, ai-edge-litert, onnxruntime); tests, the export command's
-check and benchmarks/export_latency.py use them.
+`load(fmt, path)` returns a runner that evaluates an exported file on float32 NHWC
+images with the format's own runtime (tf.saved_model, ai-edge-litert, onnxruntime); the
+export command's check, the tests and benchmarks/export_*.py use it.
 """
 
 import logging
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -24,7 +23,7 @@ FORMATS = ("savedmodel", "tflite", "onnx")
 #: Python modules each format needs beyond TensorFlow (the `export` extra installs them):
 #: the converter and the runtime the export command checks the file with.
 NEEDS = {"savedmodel": (), "tflite": ("ai_edge_litert",), "onnx": ("tf2onnx", "onnx", "onnxruntime")}
-#: The ONNX operator set written (ONNX Runtime 1.17+ runs it; tf2onnx 1.17 writes up to 18).
+#: The ONNX operator set written (tf2onnx 1.17 writes up to 18).
 ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
