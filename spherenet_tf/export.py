@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m spherenet_tf.export",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="docs/deploying.md has the formats, the tolerances, sizes and latencies.",
     )
     parser.add_argument("source", help="a .keras file, or a training run's model_file folder "
                         f"(its final model, {FINAL_MODEL})")
