@@ -240,6 +240,8 @@ def main(argv=None):
                         help="test modules of a guard-module run (default: GUARD_MODULES)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     parser.add_argument("--out", default=None, help="append one JSON line per run to this file")
+    parser.add_argument("--outputs", default=None,
+                        help="folder to keep each run's pytest output in (<slip>.<tests>.txt)")
     args = parser.parse_args(argv)
     by_name = {s.name: s for s in SLIPS}
     if args.list:
@@ -277,6 +279,10 @@ def main(argv=None):
         rows.append((name, change, tests, failed or ("none: passed" if rc == 0 else f"rc {rc}"), seconds))
         print(f"{name}: {tests}: first failure {failed} after {seconds:.0f} s (rc {rc}; package from "
               f"{where.parent})", flush=True)
+        if args.outputs:
+            Path(args.outputs).mkdir(parents=True, exist_ok=True)
+            (Path(args.outputs) / f"{name.strip('()').replace(' ', '_')}.{'suite' if whole else 'guards'}.txt"
+             ).write_text(text)
         if slip is None and rc != 0:
             raise SystemExit(f"the unchanged copy fails:\n{text[-3000:]}")
         if args.out:
