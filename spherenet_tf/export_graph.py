@@ -15,17 +15,17 @@ and the layer becomes plain ops on the input:
 
     |x|   = sqrt(sum over the patch of (x 2^-32)^2 + 1e-4 2^-64) / 2^-32
     cos   = conv(x, W / |W|) / |x|
-    g     = cos | 1 - 0.63662 acos(cos) | C(k) tanh(asin(cos) / 2k)
+    g     = `formulas.angular_function` of cos: cos | (1 - 0.63662 pi/2) + 0.63662 asin(cos)
+            | C(k) tanh(asin(cos) / 2k)
 
 the formulas of `portable_ops` (the 2^-32 scaling keeps the squares finite for
 activations up to ~7.7e28, as the training graph's scaled branch does).  Two targets:
 
 - 'litert': the patch norm as the port computes it (a channel sum of squares, then a
-  k x k box sum), and acos / asin with the built-in ATAN2 (LiteRT has neither):
-  acos(c) = atan2(sqrt((1 - c)(1 + c)), c), asin(c) = atan2(c, sqrt((1 - c)(1 + c))),
-  exact identities on [-1, 1]; the factored (1 - c)(1 + c) keeps the precision near
-  |c| = 1 that 1 - c^2 loses.
-- 'onnx': Acos and Asin themselves, and the patch norm as the original computed it, one
+  k x k box sum), and asin with the built-in ATAN2 (LiteRT has no asin):
+  asin(c) = atan2(c, sqrt((1 - c)(1 + c))), an exact identity on [-1, 1]; the factored
+  (1 - c)(1 + c) keeps the precision near |c| = 1 that 1 - c^2 loses.
+- 'onnx': Asin itself, and the patch norm as the original computed it, one
   convolution of x^2 with a ones kernel [k, k, C_in, 1] plus eps as its bias (one output
   channel: ~1/F of the layer's own convolution).  The box sum's one-channel
   convolution, and a scalar Add, trip tf2onnx 1.17's transpose optimiser: the first
@@ -35,23 +35,15 @@ Every other layer (Rescaling, BatchNormalization in eval mode, ReLU, pooling, Ad
 Flatten) is the model's own, weights shared.
 """
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .layers import SphereConv2D, all_layers
 
-try:  # the original's constants, named once (formulas.py; sphere_ops before it existed)
-    from .formulas import LINEAR_SLOPE, LR_SIGMOID_K_OFFSET, NORM_EPS, SIGMOID_K
-except ImportError:  # pragma: no cover - a checkout from before formulas.py
-    from .sphere_ops import LINEAR_SLOPE, LR_SIGMOID_K_OFFSET, NORM_EPS, SIGMOID_K
-
-#: The power of two the patch norm's inputs are scaled by before squaring (as in the
-#: training graph's scaled patch norm): squares stay finite up to |x| ~ 7.7e28, and
-#: scaling by a power of two changes no rounding.
-NORM_SCALE = 2.0**-32
+from . import formulas
+from .formulas import NORM_EPS
+from .portable_ops import NORM_SCALE, filter_norm
 
 #: The converters the rewrite is made for (module docstring).
 TARGETS = ("litert", "onnx")
@@ -59,20 +51,6 @@ TARGETS = ("litert", "onnx")
 
 class UnsupportedLayerError(ValueError):
     """A layer the inference rewrite does not know (beyond the original's networks)."""
-
-
-def _filter_norms(kernel):
-    """|W| = sqrt(sum W^2 + 1e-4) per filter, [F] float32 (summed in float64 and rounded
-    once: at least as exact as the float32 sum of the training graph)."""
-    w = np.asarray(kernel, np.float64)
-    return np.sqrt(np.sum(w * w, axis=(0, 1, 2)) + NORM_EPS).astype(np.float32)
-
-
-def _sigmoid_constant(k):
-    """C(k) in float32 from float32 k, as the training graph computes it for lr_sigmoid."""
-    k = np.asarray(k, np.float32)
-    e = np.exp(np.float32(-math.pi) / (np.float32(2) * k)).astype(np.float32)
-    return ((1 + e) / (1 - e)).astype(np.float32)
 
 
 class FoldedSphereConv(keras.layers.Layer):
@@ -95,26 +73,19 @@ class FoldedSphereConv(keras.layers.Layer):
         self.padding = source.padding.upper()
         self.dilations = tuple(source.dilation_rate)
         kernel = np.asarray(keras.ops.convert_to_numpy(source.kernel), np.float32)
-        self.wnorm = _filter_norms(kernel)
+        self.wnorm = np.asarray(filter_norm(kernel), np.float32).reshape(-1)
         self.unit_kernel = (kernel / self.wnorm).astype(np.float32)
         self.bias = (np.asarray(keras.ops.convert_to_numpy(source.bias), np.float32)
                      if source.use_bias else None)
         self.activation = source.activation
         self.k = None
         if self.norm == "lr_sigmoid":
-            k_value = np.asarray(keras.ops.convert_to_numpy(source.k_value), np.float32)
-            self.k = (np.abs(k_value) + np.float32(LR_SIGMOID_K_OFFSET)).astype(np.float32)
+            self.k = np.asarray(formulas.effective_k(source.k_value), np.float32)
 
     def compute_output_shape(self, input_shape):
         probe = keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
                                     padding=self.padding.lower(), dilation_rate=self.dilations)
         return probe.compute_output_shape(input_shape)
-
-    def _acos(self, c):
-        c = tf.clip_by_value(c, -1.0, 1.0)
-        if self.target == "onnx":
-            return tf.acos(c)
-        return tf.atan2(tf.sqrt((1.0 - c) * (1.0 + c)), c)
 
     def _asin(self, c):
         c = tf.clip_by_value(c, -1.0, 1.0)
@@ -123,15 +94,9 @@ class FoldedSphereConv(keras.layers.Layer):
         return tf.atan2(c, tf.sqrt((1.0 - c) * (1.0 + c)))
 
     def _g(self, cos, norm, k=None):
-        """The angular function g of `sphere_ops.angular_function` / `_response_forward`."""
-        if norm == "cosine":
-            return cos
-        if norm == "linear":
-            return 1.0 - LINEAR_SLOPE * self._acos(cos)
-        if norm == "sigmoid":
-            return np.float32(_sigmoid_constant(SIGMOID_K)) * tf.tanh(self._asin(cos) * (0.5 / SIGMOID_K))
-        # lr_sigmoid: one k (and C(k)) per filter, broadcast over the last axis
-        return tf.constant(_sigmoid_constant(k)) * tf.tanh(self._asin(cos) * tf.constant(0.5 / k))
+        """The angular function of `formulas`, with this target's asin."""
+        return formulas.angular_function(cos, norm, None if k is None else tf.constant(k),
+                                         asin=self._asin)
 
     def _patch_norm(self, x):
         scaled = x * NORM_SCALE

@@ -118,14 +118,15 @@ def g_of_theta(theta, norm, k=None):
     return sigmoid_constant(k) * (1.0 - e) / (1.0 + e)
 
 
-def angular_function(cos, norm, k=None, original=False):
+def angular_function(cos, norm, k=None, original=False, asin=None):
     """g(theta) for cos = cos(theta); `norm` one of NORMS but 'none'.
 
     With `original=True` in the original's order: theta = acos(c), then `g_of_theta`.
     Otherwise from phi = asin(c) = pi/2 - theta, the same values to float32 rounding:
     linear (1 - 0.63662 pi/2) + 0.63662 phi; sigmoids C(k) tanh(phi / 2k) (e = exp(-phi/k)
     turns C (1 - e) / (1 + e) into a tanh), two transcendental passes instead of three,
-    and exact near cos = 0, where pi/2 - acos(c) keeps c only to 1e-7.
+    and exact near cos = 0, where pi/2 - acos(c) keeps c only to 1e-7.  `asin` replaces
+    `safe_asin` (an inference graph for a runtime without asin passes its own).
     """
     if norm not in NORMS[1:]:
         raise ValueError(f"angular_function: unknown norm {norm!r}; allowed: {NORMS[1:]}")
@@ -133,7 +134,7 @@ def angular_function(cos, norm, k=None, original=False):
         return cos
     if original:
         return g_of_theta(safe_acos(cos), norm, k)
-    phi = safe_asin(cos)
+    phi = (asin or safe_asin)(cos)
     if norm == "linear":
         return LINEAR_AT_RIGHT_ANGLE + LINEAR_SLOPE * phi
     k = SIGMOID_K if norm == "sigmoid" else k
