@@ -53,7 +53,6 @@ DATASETS = {
                         "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
 }
 RECORD_BYTES = 1 + IMAGE_BYTES  # CIFAR-10: label byte + depth-major 3x32x32 image
-TRAIN_FILES = list(DATASETS["cifar10"].train_files)
 TEST_FILE = DATASETS["cifar10"].test_file
 
 

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import pytest
 
-from support.fake_cifar import records, synthetic_images
+from support.fake_cifar import TRAIN_FILES, records, synthetic_images
 from support.lines import TEST_LINE, iterations
 from support.repo import REPO, load_module, script_env
 from spherenet_tf import reproduce as rp
-from spherenet_tf.cifar10_input import TEST_FILE, TRAIN_FILES
+from spherenet_tf.cifar10_input import TEST_FILE
 
 #: Tiny settings for every real run: 0..8, a resume checkpoint after iteration 4 (and 8).
 LAST = 8
