@@ -13,7 +13,7 @@ fresh process, the peak allocator memory (BFC allocator statistics) during one t
 step above the memory held before it (the step's working memory: activations, gradients
 and temporaries), twice: with TF's default inter-op threads, where the executor may run
 independent ops in any order and the peak varies from run to run, and with one inter-op
-thread, the memory the step's graph needs in a fixed order.  `--jit_compile`
+thread, where the order (and the peak) varies far less.  `--jit_compile`
 compiles the steps with XLA and `--mixed_precision [auto|float16|bfloat16]` runs them
 under the training scripts' policy of that flag (auto: `mixed_bfloat16` on GPUs of
 compute capability 8.0 and above and on CPUs, `mixed_float16` with loss scaling on

@@ -221,6 +221,12 @@ def _response_backward(dy, cos, xnorm, norm, k):
                 # one chain of elementwise passes, each taking its input's buffer
                 d = dy / (sin * tf.square(tf.cosh(phi * (0.5 / kk))))
     inv_xnorm = scale / xnorm
+    if dk is not None:
+        # The k gradient is off the path to the previous layer: left to the executor, its
+        # reductions could wait until the end of the backward pass and keep phi and w
+        # (two input-sized tensors per layer) alive until then.  Done here, first.
+        with tf.control_dependencies([dk]):
+            d = tf.identity(d)
     grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
     # After the reduction, so that the product can take d's buffer (its last use).
     with tf.control_dependencies([grad_xnorm]):

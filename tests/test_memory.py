@@ -7,17 +7,23 @@ input and the filters (one more convolution in the backward pass; a float32 `cos
 layer keeps its output, which is the cosine), keeps the one-channel patch norm and the
 filter norms, and computes nothing before the output gradient arrives.  Measured here
 per layer (AMD EPYC, 2 cores): `cosine` 14.2 MiB, `linear` 16.2, `sigmoid` 16.1,
-`lr_sigmoid` 18.1, against 16.0 for a plain convolution.  Keeping the cosine and one
-exponential for the sigmoids cost 32.7; before the output gradient was waited for,
-`linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; and a radial-gradient scaling
-x / 2**e that did not wait for it kept one more input-sized tensor (14 to 26 MiB,
-varying from run to run with the executor's order).
+`lr_sigmoid` 16.2, against 16.0 for a plain convolution (each 14.2 to 18.3 over 36
+runs, two at a time).  Keeping the cosine and one exponential for the sigmoids cost
+32.7; before the output gradient was waited for, `linear` kept 24.6, `sigmoid` 40.5
+and `lr_sigmoid` 64.5; a radial-gradient scaling x / 2**e that did not wait for it
+kept one more input-sized tensor (14 to 26 MiB); and while the learnable k's gradient
+was left for the executor to schedule, `lr_sigmoid` kept 18.1, 28.1 or 32.1 MiB from
+one run to the next (its reductions waited for the end of the backward pass, keeping
+two input-sized tensors per layer).
 
 The memory is the BFC allocator's peak during one step above what is held before it,
-measured in a fresh process with one inter-op thread, so the executor's op order is
-fixed; the per-layer figure is the difference between stacks of 6 and 2 layers, which
-cancels everything that does not grow with depth.  This is a count of bytes, not a
-timing.
+measured in a fresh process with one inter-op thread; the per-layer figure is the
+difference between stacks of 6 and 2 layers, which cancels everything that does not
+grow with depth.  Even with one thread the executor's order of independent ops varies
+from run to run (it did not follow PYTHONHASHSEED), so the measurement is made in
+`RUNS` processes and the largest figure counts: a leak that shows in half the orders,
+as the k gradient's did, fails with probability 1 - 2**-RUNS.  This is a count of
+bytes, not a timing.
 """
 
 import json
@@ -29,6 +35,7 @@ import textwrap
 import pytest
 
 ACTIVATION_MIB = 8.0  # one [32, 32, 32, 64] float32 tensor
+RUNS = 3  # processes measured; about 5 s each
 
 CHILD = textwrap.dedent(
     """
@@ -77,10 +84,14 @@ CHILD = textwrap.dedent(
 def per_layer_memory():
     env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    largest = {}
+    for _ in range(RUNS):
+        out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        for name, mib in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            largest[name] = max(mib, largest.get(name, mib))
+    return largest
 
 
 @pytest.mark.slow

@@ -128,7 +128,12 @@ def _runner(layer_fn, config, policy, has_k):
 
 
 def loss_scale(policy, *references):
-    """1, or under float16 the scale a dynamic loss scaler would hold for these gradients."""
+    """1, or under float16 the scale a dynamic loss scaler settles at for a model whose
+    float16 gradients are `references`: the largest power of two up to 2**15 that keeps
+    them below 2**14.  Each layer gets its own: a plain Conv2D holds its output, input
+    and kernel gradients in float16; a SphereConv with an angle computes in float32
+    (`layers._no_float16_compute`), so only its input gradient is float16, and its
+    float32 kernel gradient (1/|W| of a 1e-20 filter: 1e20) does not lower the scale."""
     if policy != "mixed_float16":
         return 1.0
     largest = max(float(np.abs(r).max()) for r in references if r is not None)
@@ -184,12 +189,12 @@ def measure(norm, w_norm, policy, configs=tuple(CONFIGS), kinds=KINDS, formulati
         k, stride, padding, _ = CONFIGS[config]
         x, w, k_value, dy = make_case(config, kind, policy)
         rx, rw, rk = ref.sphere_conv_grads(x, w, dy, stride, padding, norm, w_norm, k_value)
-        # one loss scale for the layer and the plain convolution it is compared with
-        scale = loss_scale(policy, rx, rw, rk,
-                           *ref.sphere_conv_grads(x, w, dy, stride, padding, "none", "none")[:2])
+        conv_scale = loss_scale(
+            policy, dy, *ref.sphere_conv_grads(x, w, dy, stride, padding, "none", "none")[:2])
+        scale = loss_scale(policy, rx) if norm != "none" or w_norm != "none" else conv_scale
         gx, gw, gk = layer_gradients(norm, w_norm, config, policy, x, w, k_value, dy, formulation,
                                      scale)
-        cx, cw = conv_errors(config, policy, x, w, dy, scale)
+        cx, cw = conv_errors(config, policy, x, w, dy, conv_scale)
         rows.append((config, kind, relative_error(gx, rx), relative_error(gw, rw),
                      None if rk is None else relative_error(gk, rk), cx, cw))
     return rows
