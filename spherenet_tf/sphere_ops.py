@@ -209,24 +209,24 @@ def _response_backward(dy, cos, xnorm, norm, k):
             phi = tf.asin(tf.clip_by_value(cos, -1.0, 1.0))
             scale = c / (2.0 * kk)
             if norm == "lr_sigmoid":
-                u = phi * (0.5 / kk)
-                w = dy * tf.math.reciprocal(tf.square(tf.cosh(u)))  # dy sech^2: no cancellation
                 a = tf.exp(-np.pi / (2 * kk))
                 dc_dk = a * np.pi / (tf.square(kk) * tf.square(1.0 - a))
-                dk = (dc_dk * tf.reduce_sum(dy * tf.tanh(u), axis=[0, 1, 2])
-                      - c / (2.0 * tf.square(kk)) * tf.reduce_sum(phi * w, axis=[0, 1, 2]))
-                d = w * scale / sin  # one scale per filter: not foldable into 1 / |x|
+                # One input-sized temporary at a time beside cos, dy and phi: each sum
+                # waits for the one before it, so the executor cannot hold tanh(u), sech^2
+                # and w at once (in some orders it did: 1.2x the twin at batch 128).
+                dk_tanh = tf.reduce_sum(dy * tf.tanh(phi * (0.5 / kk)), axis=[0, 1, 2])
+                with tf.control_dependencies([dk_tanh]):
+                    # dy sech^2(u), u = phi / 2k: no cancellation
+                    w = dy * tf.math.reciprocal(tf.square(tf.cosh(phi * (0.5 / kk))))
+                dk_phi = tf.reduce_sum(phi * w, axis=[0, 1, 2])
+                dk = dc_dk * dk_tanh - c / (2.0 * tf.square(kk)) * dk_phi
+                with tf.control_dependencies([dk]):
+                    d = w * scale / sin  # one scale per filter: not foldable into 1 / |x|
                 scale = 1.0
             else:
                 # one chain of elementwise passes, each taking its input's buffer
                 d = dy / (sin * tf.square(tf.cosh(phi * (0.5 / kk))))
     inv_xnorm = scale / xnorm
-    if dk is not None:
-        # The k gradient is off the path to the previous layer: left to the executor, its
-        # reductions could wait until the end of the backward pass and keep phi and w
-        # (two input-sized tensors per layer) alive until then.  Done here, first.
-        with tf.control_dependencies([dk]):
-            d = tf.identity(d)
     grad_xnorm = -tf.reduce_sum(d * cos, axis=-1, keepdims=True) * inv_xnorm
     # After the reduction, so that the product can take d's buffer (its last use).
     with tf.control_dependencies([grad_xnorm]):
@@ -300,7 +300,11 @@ def _sphere_convolution_fn(norm, kernel_size, strides, padding):
             gu = tf.raw_ops.Conv2DBackpropFilter(
                 input=x32, filter_sizes=tf.shape(kernel), out_backprop=grad_conv,
                 strides=conv_strides, padding=padding)
-            gx = gx + _patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding)
+            # The kernel gradient is off the path to the previous layer: left to the
+            # executor it could wait, keeping grad_conv (output-sized) alive while the
+            # layers below run their backward passes.  The input gradient waits for it.
+            with tf.control_dependencies([gu]):
+                gx = gx + _patch_norm_input_grad(x32, xnorm, grad_xnorm, ones, strides, padding)
             return tf.cast(gx, x.dtype), _unit_filters_grad(gu, unit, wnorm, kernel.dtype), dk
 
         return y, grad

@@ -1,29 +1,31 @@
 """What a SphereConv keeps alive between its forward and backward pass.
 
 A plain convolution followed by BN and ReLU keeps two output-sized tensors per layer
-until the backward pass (the BN input and the ReLU output).  A SphereConv on the fast
+until the backward pass (the BN input and the ReLU output). A SphereConv on the fast
 path should keep the same: its hand-written gradient computes the cosine again from the
 input and the filters (one more convolution in the backward pass; a float32 `cosine`
 layer keeps its output, which is the cosine), keeps the one-channel patch norm and the
-filter norms, and computes nothing before the output gradient arrives.  Measured here
-per layer (AMD EPYC, 2 cores): `cosine` 14.2 MiB, `linear` 16.2, `sigmoid` 16.1,
-`lr_sigmoid` 16.2, against 16.0 for a plain convolution (each 14.2 to 18.3 over 36
-runs, two at a time).  Keeping the cosine and one exponential for the sigmoids cost
-32.7; before the output gradient was waited for, `linear` kept 24.6, `sigmoid` 40.5
-and `lr_sigmoid` 64.5; a radial-gradient scaling x / 2**e that did not wait for it
-kept one more input-sized tensor (14 to 26 MiB); and while the learnable k's gradient
-was left for the executor to schedule, `lr_sigmoid` kept 18.1, 28.1 or 32.1 MiB from
-one run to the next (its reductions waited for the end of the backward pass, keeping
-two input-sized tensors per layer).
+filter norms, and computes nothing before the output gradient arrives. Measured here per
+layer (AMD EPYC, 2 cores): `cosine` 14.2-16.2 MiB, `linear` 18.1, `sigmoid` 16.2,
+`lr_sigmoid` 18.1-18.2, against 16.0 for a plain convolution (4 runs, after the kernel
+and k gradients were ordered; before, each ranged over 14.1 to 18.3 in 36 runs). Keeping
+the cosine and one exponential for the sigmoids cost 32.7; before the output gradient
+was waited for, `linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial-
+gradient scaling x / 2**e that did not wait for it kept one more input-sized tensor (14
+to 26 MiB); and while the learnable k's gradient was left for the executor to schedule,
+`lr_sigmoid` kept 18.1, 28.1 or 32.1 MiB from one run to the next (its reductions waited
+for the end of the backward pass, keeping two input-sized tensors per layer). The input
+gradient now waits for the kernel and k gradients (`sphere_ops`), so neither can be left
+until the layers below have run.
 
 The memory is the BFC allocator's peak during one step above what is held before it,
 measured in a fresh process with one inter-op thread; the per-layer figure is the
-difference between stacks of 6 and 2 layers, which cancels everything that does not
-grow with depth.  Even with one thread the executor's order of independent ops varies
-from run to run (it did not follow PYTHONHASHSEED), so the measurement is made in
-`RUNS` processes and the largest figure counts: a leak that shows in half the orders,
-as the k gradient's did, fails with probability 1 - 2**-RUNS.  This is a count of
-bytes, not a timing.
+difference between stacks of 6 and 2 layers, which cancels everything that does not grow
+with depth. Even with one thread the executor's order of independent ops varies from run
+to run (it did not follow PYTHONHASHSEED), so the measurement is made in `RUNS`
+processes and the largest figure counts: a leak that shows in half the orders, as the k
+gradient's did, fails with probability 1 - 2**-RUNS. This is a count of bytes, not a
+timing.
 """
 
 import json
