@@ -5,19 +5,20 @@
     cd tests && python -m support.slips --only adam_epsilon_1e-8 lr_drop_34000
     cd tests && python -m support.slips --whole-suite adam_epsilon_1e-8   # the default suite instead
 
-Issue 23: a port goes wrong in small ways (a constant copied wrong, a schedule off by one
-boundary, a format with one digit fewer, the wrong padding), and every number the port
-carries from "Deep Hyperspherical Learning" (Liu et al., NIPS 2017; wy1iu/SphereNet)
-must have a test that fails when it changes.  This is the maintainer's experiment: each
-slip below is applied to a fresh copy of the repository (`git archive HEAD`, or the
-working tree with `--worktree`; the checkout itself is never edited), the old text must
-occur exactly once in its file, and the tests run on the copy with `-x`: by default the
-modules that guard the original's numbers (GUARD_MODULES, tests/test_original_numbers.py
-first), with `--whole-suite` the default selection of pytest.ini (`-m "not slow"`, on
-every core).  The copy's package is imported through PYTHONPATH (it comes before the
-editable install), which tests/conftest.py checks.  Prints a Markdown table: slip, first
-test that failed, seconds until pytest stopped; a slip that nothing catches is a
-missing guard.  docs/pinned-numbers.md says which test guards which number.
+Issue 23: a port goes wrong in small ways (a constant copied wrong, a schedule off by
+one boundary, a format with one digit fewer, the wrong padding), and every number the
+port carries from "Deep Hyperspherical Learning" (Liu et al., NIPS 2017;
+wy1iu/SphereNet) must have a test that fails when it changes. This is the maintainer's
+experiment: each slip below is applied to a fresh copy of the repository (`git archive
+HEAD`, or the working tree with `--worktree`; the checkout itself is never edited), the
+old text must occur exactly once in its file, and the tests run on the copy with `-x`:
+by default the modules that guard the original's numbers (GUARD_MODULES,
+tests/test_original_numbers.py first, their tests not marked slow), with `--whole-suite`
+the README's test command, every test on every core, as CI runs it. The copy's package
+is imported through PYTHONPATH (it comes before the editable install), which
+tests/conftest.py checks. Prints a Markdown table: slip, first test that failed, seconds
+until pytest stopped; a slip that nothing catches is a missing guard.
+docs/pinned-numbers.md says which test guards which number.
 """
 
 import argparse
@@ -208,7 +209,7 @@ FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 def run_tests(copy, whole_suite, timeout, modules=GUARD_MODULES):
     """Run the tests on `copy` with -x; (rc, first failing test or None, seconds, output)."""
     if whole_suite:
-        args = ["-x", "-m", "not slow"]
+        args = ["-x"]  # the README's command: every test, slow ones included
     else:
         args = ["-x", "-n", "0", "-m", "not slow", *modules]
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--durations=0", *args]
@@ -231,7 +232,7 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="list the slips and exit")
     parser.add_argument("--only", nargs="+", default=None, help="run these slips (names)")
     parser.add_argument("--whole-suite", nargs="*", default=[],
-                        help="slips to run on the whole default suite (-m 'not slow', every core)")
+                        help="slips to run on the README's test command (every test, every core)")
     parser.add_argument("--baseline", action="store_true",
                         help="first run the tests on an unchanged copy (they must pass)")
     parser.add_argument("--worktree", action="store_true",
