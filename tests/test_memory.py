@@ -8,7 +8,8 @@ layer keeps its output, which is the cosine), keeps the one-channel patch norm a
 filter norms, and computes nothing before the output gradient arrives. Measured here per
 layer (AMD EPYC, 2 cores): `cosine` 14.2-16.2 MiB, `linear` 18.1, `sigmoid` 16.2,
 `lr_sigmoid` 18.1-18.2, against 16.0 for a plain convolution (4 runs, after the kernel
-and k gradients were ordered; before, each ranged over 14.1 to 18.3 in 36 runs). Keeping
+and k gradients were ordered; with oneDNN off, 15.1-16.2 for every norm; before the
+ordering, each ranged over 14.1 to 18.3 in 36 runs). Keeping
 the cosine and one exponential for the sigmoids cost 32.7; before the output gradient
 was waited for, `linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial-
 gradient scaling x / 2**e that did not wait for it kept one more input-sized tensor (14
