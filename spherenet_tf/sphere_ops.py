@@ -213,7 +213,8 @@ def _response_backward(dy, cos, xnorm, norm, k):
                 dc_dk = a * np.pi / (tf.square(kk) * tf.square(1.0 - a))
                 # One input-sized temporary at a time beside cos, dy and phi: each sum
                 # waits for the one before it, so the executor cannot hold tanh(u), sech^2
-                # and w at once (in some orders it did: 1.2x the twin at batch 128).
+                # and w at once (in some orders it did: 1.2x the twin at batch 128); and
+                # u = phi / 2k is formed twice rather than kept beside phi.
                 dk_tanh = tf.reduce_sum(dy * tf.tanh(phi * (0.5 / kk)), axis=[0, 1, 2])
                 with tf.control_dependencies([dk_tanh]):
                     # dy sech^2(u), u = phi / 2k: no cancellation

@@ -9,15 +9,15 @@ filter norms, and computes nothing before the output gradient arrives. Measured 
 layer (AMD EPYC, 2 cores): `cosine` 14.2-16.2 MiB, `linear` 18.1, `sigmoid` 16.2,
 `lr_sigmoid` 18.1-18.2, against 16.0 for a plain convolution (4 runs, after the kernel
 and k gradients were ordered; with oneDNN off, 15.1-16.2 for every norm; before the
-ordering, each ranged over 14.1 to 18.3 in 36 runs). Keeping
-the cosine and one exponential for the sigmoids cost 32.7; before the output gradient
-was waited for, `linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial-
-gradient scaling x / 2**e that did not wait for it kept one more input-sized tensor (14
-to 26 MiB); and while the learnable k's gradient was left for the executor to schedule,
-`lr_sigmoid` kept 18.1, 28.1 or 32.1 MiB from one run to the next (its reductions waited
-for the end of the backward pass, keeping two input-sized tensors per layer). The input
-gradient now waits for the kernel and k gradients (`sphere_ops`), so neither can be left
-until the layers below have run.
+ordering, each ranged over 14.1 to 18.3 in 36 runs). Keeping the cosine and one
+exponential for the sigmoids cost 32.7; before the output gradient was waited for,
+`linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial- gradient scaling x /
+2**e that did not wait for it kept one more input-sized tensor (14 to 26 MiB); and while
+the learnable k's gradient was left for the executor to schedule, `lr_sigmoid` kept
+18.1, 28.1 or 32.1 MiB from one run to the next (its reductions waited for the end of
+the backward pass, keeping two input-sized tensors per layer). The input gradient now
+waits for the kernel and k gradients (`sphere_ops`), so neither can be left until the
+layers below have run.
 
 The memory is the BFC allocator's peak during one step above what is held before it,
 measured in a fresh process with one inter-op thread; the per-layer figure is the
