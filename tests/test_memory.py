@@ -11,7 +11,7 @@ layer (AMD EPYC, 2 cores): `cosine` 14.2-16.2 MiB, `linear` 18.1, `sigmoid` 16.2
 and k gradients were ordered; with oneDNN off, 15.1-16.2 for every norm; before the
 ordering, each ranged over 14.1 to 18.3 in 36 runs). Keeping the cosine and one
 exponential for the sigmoids cost 32.7; before the output gradient was waited for,
-`linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial- gradient scaling x /
+`linear` kept 24.6, `sigmoid` 40.5 and `lr_sigmoid` 64.5; a radial-gradient scaling x /
 2**e that did not wait for it kept one more input-sized tensor (14 to 26 MiB); and while
 the learnable k's gradient was left for the executor to schedule, `lr_sigmoid` kept
 18.1, 28.1 or 32.1 MiB from one run to the next (its reductions waited for the end of
